@@ -1,0 +1,1 @@
+"""prm_jax: process reward models on a pure-functional, sharded JAX/Flax stack."""

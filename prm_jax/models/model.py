@@ -1,0 +1,146 @@
+"""The functional surface of the model: `init_params`, `init_cache`, `forward`.
+
+Parameters are a plain nested dict of arrays (`params["layers"]` leaves carry a leading
+`[L]` axis: the blocks are scanned). The KV cache is an explicit pytree:
+
+    cache = {"k": [L, B, S, K, Dh], "v": [L, B, S, K, Dh],   # compute dtype
+             "mask": [B, S] bool,    # slot holds a real (non-padding) token
+             "index": [] int32}      # next slot to write (shared by the batch)
+
+Rows are left-padded, so every row writes the same slot range; a row's own token count
+is `mask.sum(-1)`, from which default positions continue.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from prm_jax.models.config import ModelConfig
+from prm_jax.models.transformer import Transformer
+
+LM_LOGITS = ("all", "last", "none")
+
+
+def _init_variables(config: ModelConfig, rng: jax.Array):
+  ids = jnp.zeros((1, 1), jnp.int32)
+  return Transformer(config).init(rng, ids, ids, jnp.ones((1, 1, 1), bool), step_positions=ids)
+
+
+def init_params(config: ModelConfig, rng: jax.Array) -> dict:
+  """Freshly initialised parameters as a plain nested dict (dtype `config.param_dtype`)."""
+  return nn.unbox(_init_variables(config, rng))["params"]
+
+
+def abstract_params(config: ModelConfig) -> dict:
+  """`jax.ShapeDtypeStruct` tree of the parameters, allocating nothing."""
+  return jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
+
+
+def param_logical_axes(config: ModelConfig) -> dict:
+  """Tree (same structure as the params) of `PartitionSpec`s over logical axis names."""
+  boxed = jax.eval_shape(functools.partial(_init_variables, config), jax.random.key(0))
+  return nn.get_partition_spec(boxed)["params"]
+
+
+def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None) -> dict:
+  """An empty KV cache with `max_length` slots per row (see module docstring)."""
+  if max_length > config.max_seq_len:
+    raise ValueError(f"cache length {max_length} exceeds ModelConfig.max_seq_len="
+                     f"{config.max_seq_len}")
+  shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
+  dtype = dtype or config.compute_dtype
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+          "mask": jnp.zeros((batch_size, max_length), bool), "index": jnp.zeros((), jnp.int32)}
+
+
+def cache_logical_axes() -> dict:
+  """Logical `PartitionSpec`s of the cache pytree."""
+  kv = P("layers", "batch", "length", "kv_heads", "head_dim")
+  return {"k": kv, "v": kv, "mask": P("batch", "length"), "index": P()}
+
+
+def default_positions(attention_mask: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
+  """Position of each token = number of real tokens before it (+ `offset [B]`), pads at 0.
+
+  With left padding this gives every row positions 0, 1, ... from its first real token.
+  """
+  mask = attention_mask.astype(jnp.int32)
+  offset = jnp.asarray(offset, jnp.int32).reshape(-1, 1)
+  return jnp.maximum(offset + jnp.cumsum(mask, axis=-1) - 1, 0)
+
+
+def forward(config: ModelConfig, params: dict, input_ids: jax.Array, *,
+            attention_mask: jax.Array | None = None, positions: jax.Array | None = None,
+            step_positions: jax.Array | None = None, cache: dict | None = None,
+            lm_logits: str = "all") -> dict:
+  """Run the decoder and its heads. The one entry point the rest of prm_jax calls.
+
+  Args:
+    config: the model's static config.
+    params: parameter tree from `init_params` / a checkpoint loader.
+    input_ids: `[B, T]` int token ids.
+    attention_mask: `[B, T]` (bool or 0/1), 1 for real tokens; default all ones. Padding
+      must be on the left when a cache is used or positions are defaulted.
+    positions: `[B, T]` int rotary positions; default: count of real tokens before each
+      token (continuing from the cache), so left-padded rows start at 0.
+    step_positions: `[B, S]` int indices into T of each step's last token. Entries < 0
+      mark missing steps; their scores are meaningless and must be masked by the caller.
+    cache: KV cache from `init_cache` / a previous call; the T new tokens are written at
+      slots `cache["index"]...`. The caller must leave room (`index + T <= slots`):
+      XLA clamps an out-of-range write.
+    lm_logits: "all" (`[B, T, V]`), "last" (`[B, 1, V]`, for sampling) or "none".
+
+  Returns:
+    dict with `hidden [B, T, D]` (compute dtype, after the final norm), `logits` (fp32,
+    unless lm_logits="none"), `step_logits`/`step_scores` `[B, S]` (fp32, score = sigmoid
+    of logit = P(step correct)) when `step_positions` is given, `values [B, T]` (fp32) when
+    the config has a value head, and `cache` (updated) when a cache was given.
+  """
+  input_ids = jnp.asarray(input_ids)
+  if input_ids.ndim != 2 or not jnp.issubdtype(input_ids.dtype, jnp.integer):
+    raise ValueError(f"input_ids must be a [batch, length] integer array, got shape "
+                     f"{input_ids.shape} dtype {input_ids.dtype}")
+  if lm_logits not in LM_LOGITS:
+    raise ValueError(f"lm_logits={lm_logits!r} is not one of {LM_LOGITS}")
+  batch, length = input_ids.shape
+  if attention_mask is None:
+    attention_mask = jnp.ones((batch, length), bool)
+  attention_mask = jnp.asarray(attention_mask).astype(bool)
+  if attention_mask.shape != input_ids.shape:
+    raise ValueError(f"attention_mask shape {attention_mask.shape} != input_ids shape "
+                     f"{input_ids.shape}")
+
+  if cache is None:
+    if length > config.max_seq_len:
+      raise ValueError(f"sequence length {length} exceeds ModelConfig.max_seq_len="
+                       f"{config.max_seq_len}")
+    key_valid, cache_index, cache_kv = attention_mask, None, None
+    query_slots = jnp.arange(length)
+    offset = 0
+  else:
+    slots = cache["mask"].shape[1]
+    if length > slots:
+      raise ValueError(f"{length} new tokens do not fit a cache of {slots} slots")
+    cache_index = cache["index"]
+    key_valid = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, cache_index))
+    cache_kv = (cache["k"], cache["v"])
+    query_slots = cache_index + jnp.arange(length)
+    offset = jnp.sum(cache["mask"], axis=-1)
+  if positions is None:
+    positions = default_positions(attention_mask, offset)
+  key_slots = jnp.arange(key_valid.shape[1])
+  mask = key_valid[:, None, :] & (key_slots[None, None, :] <= query_slots[None, :, None])
+
+  outputs = Transformer(config).apply(
+      {"params": params}, input_ids, positions, mask, cache_kv, cache_index,
+      step_positions=step_positions, lm_logits=lm_logits)
+  new_cache_kv = outputs.pop("cache_kv")
+  if cache is not None:
+    outputs["cache"] = {"k": new_cache_kv[0], "v": new_cache_kv[1], "mask": key_valid,
+                        "index": cache_index + length}
+  return outputs

@@ -1,0 +1,229 @@
+"""Llama/Qwen2-family decoder in Flax linen: the modules behind `prm_jax.models.forward`.
+
+Modules here are an implementation detail; everything else calls `forward()` (model.py).
+
+Shapes: B batch, T new tokens, S key slots (T without a cache, cache length with one),
+D hidden, H query heads, K key/value heads, G = H // K, Dh head dim, F MLP dim, V vocab,
+L layers. Every parameter and key activation carries logical axis names
+(`prm_jax.parallel.LOGICAL_AXIS_RULES` maps them to mesh axes); without an active rule
+table the constraints are no-ops, so the same code runs unsharded.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prm_jax.models.config import ModelConfig
+
+# A large finite negative instead of -inf: fully masked rows (left padding) then give a
+# uniform, finite softmax instead of NaN; such rows are padding and never read.
+MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def constrain(x: jax.Array, logical_axes: tuple) -> jax.Array:
+  """Sharding constraint by logical axis names (no-op outside a rule-table context)."""
+  return nn.with_logical_constraint(x, logical_axes)
+
+
+def _init(config: ModelConfig, axes: tuple):
+  return nn.with_logical_partitioning(nn.initializers.normal(config.init_std), axes)
+
+
+class RMSNorm(nn.Module):
+  """y = x / rms(x) * scale, computed in fp32 and returned in the compute dtype."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = self.config
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                       (c.hidden_size,), c.params_dtype)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + c.norm_eps)
+    return (y * scale.astype(jnp.float32)).astype(c.compute_dtype)
+
+
+def apply_rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding, half-split ("rotate_half") layout of Llama/Qwen2 in HF.
+
+  Args:
+    x: `[B, T, N, Dh]` queries or keys.
+    positions: `[B, T]` integer positions (explicit, so left padding is exact).
+    theta: frequency base.
+  Returns:
+    `[B, T, N, Dh]` in the dtype of `x`; angles and rotation are computed in fp32.
+  """
+  half = x.shape[-1] // 2
+  inv_freq = 1.0 / theta ** (np.arange(half, dtype=np.float32) * 2.0 / x.shape[-1])
+  angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, Dh/2]
+  sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """Grouped-query softmax attention with fp32 scores.
+
+  Args:
+    q: `[B, T, H, Dh]`; k, v: `[B, S, K, Dh]` with `H % K == 0`.
+    mask: `[B, T, S]` bool, True where query t may attend key slot s.
+  Returns:
+    `[B, T, H, Dh]` in the dtype of `v`.
+  """
+  b, t, h, dh = q.shape
+  kv_heads = k.shape[2]
+  q = q.reshape(b, t, kv_heads, h // kv_heads, dh)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+  scores = jnp.where(mask[:, None, None], scores / math.sqrt(dh), MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  return out.reshape(b, t, h, dh)
+
+
+class Attention(nn.Module):
+  """Grouped-query self-attention with rotary embeddings and an optional KV cache."""
+
+  config: ModelConfig
+
+  def _heads_in(self, name: str, x: jax.Array, num_heads: int, heads_axis: str) -> jax.Array:
+    c = self.config
+    return nn.DenseGeneral(
+        features=(num_heads, c.head_dim), axis=-1, use_bias=c.qkv_bias,
+        dtype=c.compute_dtype, param_dtype=c.params_dtype,
+        kernel_init=_init(c, ("embed", heads_axis, "head_dim")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (heads_axis, "head_dim")),
+        name=name)(x)
+
+  @nn.compact
+  def __call__(self, x, positions, mask, layer_cache, cache_index):
+    """x `[B, T, D]`, positions `[B, T]`, mask `[B, T, S]`.
+
+    layer_cache: None, or `(k, v)` each `[B, S, K, Dh]`; the new keys/values are written
+      at slots `cache_index .. cache_index + T - 1` and the updated pair is returned.
+    """
+    c = self.config
+    q = self._heads_in("q", x, c.num_heads, "heads")
+    k = self._heads_in("k", x, c.num_kv_heads, "kv_heads")
+    v = self._heads_in("v", x, c.num_kv_heads, "kv_heads")
+    q = constrain(apply_rotary(q, positions, c.rope_theta), ("batch", "length", "heads", "head_dim"))
+    k = constrain(apply_rotary(k, positions, c.rope_theta),
+                  ("batch", "length", "kv_heads", "head_dim"))
+    v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
+    new_cache = None
+    if layer_cache is not None:
+      cache_k, cache_v = layer_cache
+      start = (0, cache_index, 0, 0)
+      k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
+      v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
+      new_cache = (k, v)
+    out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+    out = nn.DenseGeneral(
+        features=c.hidden_size, axis=(-2, -1), use_bias=False, dtype=c.compute_dtype,
+        param_dtype=c.params_dtype, kernel_init=_init(c, ("heads", "head_dim", "embed")),
+        name="o")(out)
+    return out, new_cache
+
+
+class MLP(nn.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = self.config
+
+    def dense(name, features, axes):
+      return nn.Dense(features, use_bias=False, dtype=c.compute_dtype, param_dtype=c.params_dtype,
+                      kernel_init=_init(c, axes), name=name)
+
+    gate = dense("gate", c.mlp_dim, ("embed", "mlp"))(x)
+    up = dense("up", c.mlp_dim, ("embed", "mlp"))(x)
+    h = constrain(nn.silu(gate) * up, ("batch", "length", "mlp"))
+    return dense("down", c.hidden_size, ("mlp", "embed"))(h)
+
+
+class Block(nn.Module):
+  """Pre-norm decoder block; the signature is `nn.scan`'s `(carry, *xs) -> (carry, ys)`."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, layer_cache, positions, mask, cache_index):
+    h, new_cache = Attention(self.config, name="attn")(
+        RMSNorm(self.config, name="attn_norm")(x), positions, mask, layer_cache, cache_index)
+    x = x + h
+    x = x + MLP(self.config, name="mlp")(RMSNorm(self.config, name="mlp_norm")(x))
+    return constrain(x, ("batch", "length", "embed")), new_cache
+
+
+class Transformer(nn.Module):
+  """Embedding -> L scanned blocks -> final norm -> LM / PRM / value heads.
+
+  Called only through `prm_jax.models.forward`, which builds `positions` and `mask`.
+  """
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, input_ids, positions, mask, cache_kv=None, cache_index=None,
+               step_positions=None, lm_logits="all"):
+    c = self.config
+    embedding = self.param("embedding", _init(c, ("vocab", "embed")),
+                           (c.vocab_size, c.hidden_size), c.params_dtype)
+    x = jnp.take(embedding, input_ids, axis=0).astype(c.compute_dtype)
+    x = constrain(x, ("batch", "length", "embed"))
+
+    block = Block
+    if c.remat != "none":
+      block = nn.remat(Block, policy=REMAT_POLICIES[c.remat], prevent_cse=False)
+    layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                     in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+                     length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+    x, new_cache_kv = layers(c, name="layers")(x, cache_kv, positions, mask, cache_index)
+    hidden = RMSNorm(c, name="final_norm")(x)
+    outputs = {"hidden": hidden, "cache_kv": new_cache_kv}
+
+    # Heads. `init` passes dummy step positions so that every head's parameters exist.
+    if c.tie_embeddings:
+      lm_kernel = embedding.T
+    else:
+      lm_kernel = self.param("lm_head", _init(c, ("embed", "vocab")),
+                             (c.hidden_size, c.vocab_size), c.params_dtype)
+    if lm_logits != "none":
+      h = hidden[:, -1:] if lm_logits == "last" else hidden
+      logits = jnp.einsum("btd,dv->btv", h, lm_kernel.astype(c.compute_dtype),
+                          preferred_element_type=jnp.float32)
+      outputs["logits"] = constrain(logits, ("batch", "length", "vocab"))
+    if step_positions is not None:
+      # Hidden state at each step's last token, then the head in fp32.
+      index = jnp.clip(step_positions, 0, hidden.shape[1] - 1)[..., None]
+      h_steps = jnp.take_along_axis(hidden, index, axis=1)
+      head = self._fp32_head("prm_head", c.num_prm_logits)(h_steps)
+      # Both head kinds reduce to one logit with p = sigmoid(logit): for two classes
+      # softmax([l0, l1])[1] == sigmoid(l1 - l0).
+      step_logits = head[..., 1] - head[..., 0] if c.prm_head == "two_class" else head[..., 0]
+      outputs["step_logits"] = step_logits
+      outputs["step_scores"] = jax.nn.sigmoid(step_logits)
+    if c.value_head:
+      outputs["values"] = self._fp32_head("value_head", 1)(hidden)[..., 0]
+    return outputs
+
+  def _fp32_head(self, name: str, features: int) -> nn.Dense:
+    c = self.config
+    return nn.Dense(features, dtype=jnp.float32, param_dtype=c.params_dtype,
+                    kernel_init=_init(c, ("embed", None)),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+                    name=name)
