@@ -34,9 +34,9 @@ def reference_forward(config, params, tokens):
     h = _rms_norm(x, layer("attn_norm", "scale"), config.norm_eps)
     proj = {}
     for name in "qkv":
-      y = np.einsum("td,dnh->tnh", h, layer("attn", name, "kernel"))
+      y = np.einsum("td,dnh->tnh", h, layer("attn", f"{name}_kernel"))
       if config.qkv_bias:
-        y = y + layer("attn", name, "bias")
+        y = y + layer("attn", f"{name}_bias")
       proj[name] = y
     q = _rotary(proj["q"], positions, config.rope_theta)
     k = _rotary(proj["k"], positions, config.rope_theta)
@@ -49,7 +49,7 @@ def reference_forward(config, params, tokens):
       probs = np.exp(scores - scores.max(-1, keepdims=True))
       probs /= probs.sum(-1, keepdims=True)
       out[:, head] = probs @ v[:, kv]
-    x = x + np.einsum("tnh,nhd->td", out, layer("attn", "o", "kernel"))
+    x = x + np.einsum("tnh,nhd->td", out, layer("attn", "o_kernel"))
     h = _rms_norm(x, layer("mlp_norm", "scale"), config.norm_eps)
     gate = h @ layer("mlp", "gate", "kernel")
     up = h @ layer("mlp", "up", "kernel")

@@ -98,13 +98,17 @@ class Attention(nn.Module):
   config: ModelConfig
 
   def _heads_in(self, name: str, x: jax.Array, num_heads: int, heads_axis: str) -> jax.Array:
+    """`[B, T, D] -> [B, T, N, Dh]` projection (+ bias for Qwen2)."""
     c = self.config
-    return nn.DenseGeneral(
-        features=(num_heads, c.head_dim), axis=-1, use_bias=c.qkv_bias,
-        dtype=c.compute_dtype, param_dtype=c.params_dtype,
-        kernel_init=_init(c, ("embed", heads_axis, "head_dim")),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (heads_axis, "head_dim")),
-        name=name)(x)
+    kernel = self.param(f"{name}_kernel", _init(c, ("embed", heads_axis, "head_dim")),
+                        (c.hidden_size, num_heads, c.head_dim), c.params_dtype)
+    y = jnp.einsum("btd,dnh->btnh", x, kernel.astype(c.compute_dtype))
+    if c.qkv_bias:
+      bias = self.param(f"{name}_bias", nn.with_logical_partitioning(
+          nn.initializers.zeros, (heads_axis, "head_dim")), (num_heads, c.head_dim),
+                        c.params_dtype)
+      y = y + bias.astype(c.compute_dtype)
+    return y
 
   @nn.compact
   def __call__(self, x, positions, mask, layer_cache, cache_index):
@@ -129,11 +133,9 @@ class Attention(nn.Module):
       v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
       new_cache = (k, v)
     out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask)
-    out = nn.DenseGeneral(
-        features=c.hidden_size, axis=(-2, -1), use_bias=False, dtype=c.compute_dtype,
-        param_dtype=c.params_dtype, kernel_init=_init(c, ("heads", "head_dim", "embed")),
-        name="o")(out)
-    return out, new_cache
+    o_kernel = self.param("o_kernel", _init(c, ("heads", "head_dim", "embed")),
+                          (c.num_heads, c.head_dim, c.hidden_size), c.params_dtype)
+    return jnp.einsum("bthd,hde->bte", out, o_kernel.astype(c.compute_dtype)), new_cache
 
 
 class MLP(nn.Module):
