@@ -36,7 +36,7 @@ RECORDS = {
         {"question": "Only the answer", "answer": "#### 1,000"},
     ],
     "prm_jax": [  # Native records keep the provenance they carry.
-        Trajectory("p", ["a", "b", "c"], [1.0, 0.25, None], answer="42", response=["r1"],
+        Trajectory("p", ["a", "b", "c"], [1.0, 1 / 3, None], answer="42", response=["r1"],
                    meta={"k": [1, "x"], "source": "origin.jsonl:9"}).to_dict(),
     ],
 }

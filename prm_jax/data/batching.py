@@ -47,8 +47,8 @@ def collate_prm(examples: Sequence[Mapping[str, Any]], *, pad_id: int,
   """
   if not examples:
     raise ValueError("cannot collate an empty list of examples")
-  length = max_length or max(len(e["input_ids"]) for e in examples)
-  steps = max_steps or max(1, max(len(e["step_ends"]) for e in examples))
+  length = max(len(e["input_ids"]) for e in examples) if max_length is None else max_length
+  steps = max(1, *(len(e["step_ends"]) for e in examples)) if max_steps is None else max_steps
   batch = len(examples)
   input_ids = np.full((batch, length), pad_id, np.int32)
   attention_mask = np.zeros((batch, length), bool)

@@ -107,7 +107,7 @@ def prm_batches(source: Sequence[Any], tokenizer: Tokenizer, *, batch_size: int,
     shuffle: shuffle records and batches; False keeps source order.
     num_epochs: passes over the data; None repeats forever.
     shard_index, shard_count: this process's shard; default `jax.process_index()` and
-      `jax.process_count()`.
+      `jax.process_count()` (so build the pipeline after `jax.distributed.initialize`).
     step_separator, max_prompt_length, train_on_last_step_only: as `tokenize_stepwise`.
     truncate: cut over-long examples (to `max_length` tokens, `max_steps` steps).
     bucket_lengths: shorter padded lengths to use when a batch fits (ascending).

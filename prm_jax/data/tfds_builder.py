@@ -12,7 +12,8 @@ Each dataset is a `TrajectoryConfig` of the one `prm_trajectories` builder, stor
 `skip_bad=True` malformed lines are skipped, logged, and counted in the dataset's metadata
 (`skipped_lines/<split>`); otherwise the first one stops the build with its file and line.
 
-Feature encoding: `labels` are float32 with NaN for unknown; an absent `answer` /
+Feature encoding: `labels` are float64 (soft labels such as 1/3 survive exactly) with NaN
+for unknown; an absent `answer` /
 `response` is stored empty; `meta` is JSON text. `from_features(to_features(t)) == t`.
 """
 
@@ -50,7 +51,7 @@ def to_features(trajectory: Trajectory) -> dict[str, Any]:
   return {
       "problem": trajectory.problem,
       "steps": trajectory.steps,
-      "labels": np.asarray([np.nan if x is None else x for x in labels], np.float32),
+      "labels": np.asarray([np.nan if x is None else x for x in labels], np.float64),
       "answer": trajectory.answer or "",
       "response": trajectory.response or [],
       "meta": json.dumps(trajectory.meta, ensure_ascii=False, sort_keys=True),
@@ -91,7 +92,10 @@ class PrmTrajectories(tfds.core.GeneratorBasedBuilder):
         description="Step-labelled reasoning trajectories (prm_jax.data.schema.Trajectory).",
         features=tfds.features.FeaturesDict({
             "problem": text, "steps": tfds.features.Sequence(text),
-            "labels": tfds.features.Sequence(np.float32), "answer": text,
+            # Raw bytes: a float feature would be serialised as float32 and lose 1/3.
+            "labels": tfds.features.Tensor(shape=(None,), dtype=np.float64,
+                                            encoding=tfds.features.Encoding.BYTES),
+            "answer": text,
             "response": tfds.features.Sequence(text), "meta": text}),
         metadata=tfds.core.MetadataDict(),
         # Keep file order: shuffling is the (seeded, resumable) grain pipeline's job.

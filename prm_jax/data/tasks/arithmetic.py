@@ -18,7 +18,7 @@ import re
 
 import numpy as np
 
-from prm_jax.data.tasks.base import ChainTask
+from prm_jax.data.tasks.base import ChainTask, check_range, check_subset, draw
 
 _APPLY = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 _PROBLEM = re.compile(r"(\d+)((?:[-+*]\d+)+)=\?")
@@ -40,21 +40,16 @@ class ArithmeticTask(ChainTask):
   name = "arithmetic"
 
   def __post_init__(self):
-    if not 1 <= self.min_ops <= self.max_ops:
-      raise ValueError(f"need 1 <= min_ops <= max_ops, got {self.min_ops}, {self.max_ops}")
-    if not 0 <= self.min_operand <= self.max_operand:
-      raise ValueError(f"need 0 <= min_operand <= max_operand, got {self.min_operand}, "
-                       f"{self.max_operand}")
-    if not self.operators or set(self.operators) - set(_APPLY):
-      raise ValueError(f"operators must be a non-empty subset of '+-*', got {self.operators!r}")
+    check_range("min_ops", self.min_ops, "max_ops", self.max_ops, 1)
+    check_range("min_operand", self.min_operand, "max_operand", self.max_operand, 0)
+    check_subset("operators", self.operators, "+-*")
 
   def _operand(self, rng: np.random.Generator) -> int:
-    return int(rng.integers(self.min_operand, self.max_operand + 1))
+    return draw(rng, self.min_operand, self.max_operand)
 
   def sample(self, rng):
-    count = int(rng.integers(self.min_ops, self.max_ops + 1))
     ops = tuple((self.operators[int(rng.integers(len(self.operators)))], self._operand(rng))
-                for _ in range(count))
+                for _ in range(draw(rng, self.min_ops, self.max_ops)))
     return self._operand(rng), ops
 
   def render_problem(self, state, ops):

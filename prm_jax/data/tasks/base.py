@@ -85,6 +85,22 @@ def split_of(problem: str) -> str:
   return "test" if int.from_bytes(digest, "little") % TEST_BUCKETS == 0 else "train"
 
 
+def check_range(low_name: str, low: int, high_name: str, high: int, floor: int):
+  """A difficulty knob pair must satisfy `floor <= low <= high`."""
+  if not floor <= low <= high:
+    raise ValueError(f"need {floor} <= {low_name} <= {high_name}, got {low}, {high}")
+
+
+def check_subset(name: str, values: Sequence, allowed: Sequence):
+  if not values or set(values) - set(allowed):
+    raise ValueError(f"{name} must be a non-empty subset of {allowed!r}, got {values!r}")
+
+
+def draw(rng: np.random.Generator, low: int, high: int) -> int:
+  """A uniform int in [low, high], inclusive (knobs are inclusive ranges)."""
+  return int(rng.integers(low, high + 1))
+
+
 State = Hashable
 Op = Hashable
 

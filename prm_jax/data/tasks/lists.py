@@ -17,9 +17,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-import numpy as np
-
-from prm_jax.data.tasks.base import ChainTask
+from prm_jax.data.tasks.base import ChainTask, check_range, check_subset, draw
 
 OPERATIONS = ("sort", "rev", "rot", "add")
 _OP = re.compile(r"(sort|rev)|(rot|add)([1-9]\d*)")
@@ -52,24 +50,19 @@ class ListTask(ChainTask):
   name = "lists"
 
   def __post_init__(self):
-    if not 1 <= self.min_ops <= self.max_ops:
-      raise ValueError(f"need 1 <= min_ops <= max_ops, got {self.min_ops}, {self.max_ops}")
-    if not 2 <= self.min_length <= self.max_length:
-      raise ValueError(f"need 2 <= min_length <= max_length, got {self.min_length}, "
-                       f"{self.max_length}")
+    check_range("min_ops", self.min_ops, "max_ops", self.max_ops, 1)
+    check_range("min_length", self.min_length, "max_length", self.max_length, 2)
     if self.max_value < 1:
       raise ValueError(f"max_value must be >= 1, got {self.max_value}")
-    if not self.operations or set(self.operations) - set(OPERATIONS):
-      raise ValueError(f"operations must be a non-empty subset of {OPERATIONS}, "
-                       f"got {self.operations!r}")
+    check_subset("operations", self.operations, OPERATIONS)
 
   def sample(self, rng):
-    length = int(rng.integers(self.min_length, self.max_length + 1))
+    length = draw(rng, self.min_length, self.max_length)
     values = tuple(int(v) for v in rng.integers(0, self.max_value + 1, length))
     ops = []
-    for _ in range(int(rng.integers(self.min_ops, self.max_ops + 1))):
+    for _ in range(draw(rng, self.min_ops, self.max_ops)):
       name = self.operations[int(rng.integers(len(self.operations)))]
-      arg = {"rot": int(rng.integers(1, length)), "add": int(rng.integers(1, 6))}.get(name, 0)
+      arg = {"rot": draw(rng, 1, length - 1), "add": draw(rng, 1, 5)}.get(name, 0)
       ops.append((name, arg))
     return values, tuple(ops)
 
