@@ -108,14 +108,20 @@ def test_seeded_shuffle_reshuffles_every_epoch():
   assert epochs(seed=1) == (first, second) and epochs(seed=2)[0] != first
 
 
-def test_processes_see_disjoint_shards_that_cover_the_data():
+@pytest.mark.parametrize("count", [2, 3])
+def test_processes_see_disjoint_shards_that_cover_the_data(count):
   seen = []
-  for index in range(3):
+  for index in range(count):
     ds = prm_batches(CORPUS, TOKENIZER, seed=5, num_epochs=1, drop_remainder=False,
-                     **dict(KWARGS, shard_index=index, shard_count=3))
+                     **dict(KWARGS, shard_index=index, shard_count=count))
     seen.append([p for batch in ds for p in _problems(batch)])
   assert sum(map(len, seen)) == len(CORPUS)
   assert sorted(p for shard in seen for p in shard) == sorted(t.problem for t in CORPUS)
+
+
+def test_drop_remainder_drops_only_the_partial_batch():
+  ds = prm_batches(CORPUS[:30], TOKENIZER, seed=5, num_epochs=1, **KWARGS)
+  assert sum(len(_problems(batch)) for batch in ds) == 28  # 7 full batches of 4.
 
 
 def test_batches_are_bucketed_with_static_shapes():

@@ -65,7 +65,8 @@ def require_strings(record: dict[str, Any], key: str) -> list[str]:
 
 def extra_fields(record: dict[str, Any], known: Iterable[str]) -> dict[str, Any]:
   """`meta` for a parsed record: its fields outside `known`, kept under `"extra"`."""
-  extra = {k: v for k, v in record.items() if k not in set(known)}
+  known = set(known)
+  extra = {k: v for k, v in record.items() if k not in known}
   return {"extra": extra} if extra else {}
 
 

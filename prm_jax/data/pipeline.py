@@ -104,7 +104,8 @@ def prm_batches(source: Sequence[Any], tokenizer: Tokenizer, *, batch_size: int,
     max_length: T of the longest bucket; longer examples raise unless `truncate`.
     max_steps: S of every batch; examples with more steps raise unless `truncate`.
     seed: shuffling seed (record order and batch order).
-    shuffle: shuffle records and batches; False keeps source order.
+    shuffle: shuffle records and batches; False keeps source order (but for the length
+      sorting within each window).
     num_epochs: passes over the data; None repeats forever.
     shard_index, shard_count: this process's shard; default `jax.process_index()` and
       `jax.process_count()` (so build the pipeline after `jax.distributed.initialize`).
@@ -141,7 +142,9 @@ def prm_batches(source: Sequence[Any], tokenizer: Tokenizer, *, batch_size: int,
       options=dict(step_separator=step_separator, max_prompt_length=max_prompt_length,
                    train_on_last_step_only=train_on_last_step_only,
                    max_length=max_length if truncate else None)))
-  ds = ds.batch(bucket_window * batch_size, drop_remainder=drop_remainder, batch_fn=list)
+  # The last window may be short; `_window_batches` drops only its partial batch, and
+  # the flat map's empty slots (None) are skipped by `to_iter_dataset`.
+  ds = ds.batch(bucket_window * batch_size, batch_fn=list)
   ds = ds.map_with_index(functools.partial(
       _window_batches, batch_size=batch_size, lengths=lengths, max_steps=max_steps,
       pad_id=pad_id, truncate=truncate, drop_remainder=drop_remainder,
