@@ -1,0 +1,6 @@
+"""Using a PRM at test time: Best-of-N curves and ProcessBench-style step metrics."""
+
+from prm_jax.evaluate.best_of_n import BON_METHODS, Candidates, best_of_n_curves
+from prm_jax.evaluate.processbench import earliest_error, processbench_f1
+
+__all__ = ["BON_METHODS", "Candidates", "best_of_n_curves", "earliest_error", "processbench_f1"]
