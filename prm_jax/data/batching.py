@@ -76,3 +76,27 @@ def collate_prm(examples: Sequence[Mapping[str, Any]], *, pad_id: int,
     step_mask[row, :len(ends)] = known
   return {"input_ids": input_ids, "attention_mask": attention_mask,
           "step_positions": step_positions, "step_labels": step_labels, "step_mask": step_mask}
+
+
+def collate_sft(examples: Sequence[Mapping[str, Any]], *, pad_id: int,
+                max_length: int | None = None) -> dict[str, np.ndarray]:
+  """Pad `tokenize_sft` outputs into a policy (LM) batch, right-padded to T tokens.
+
+  Returns `input_ids [B, T] int32`, `attention_mask [B, T] bool`, `loss_mask [B, T] bool`
+  (the layout `prm_jax.objectives.sft` reads). An example longer than `max_length`
+  raises, naming it: a cut solution would teach the policy to stop mid-way.
+  """
+  if not examples:
+    raise ValueError("cannot collate an empty list of examples")
+  length = max(len(e["input_ids"]) for e in examples) if max_length is None else max_length
+  input_ids = np.full((len(examples), length), pad_id, np.int32)
+  attention_mask = np.zeros((len(examples), length), bool)
+  loss_mask = np.zeros((len(examples), length), bool)
+  for row, example in enumerate(examples):
+    ids = example["input_ids"]
+    if len(ids) > length:
+      raise ValueError(f"{_describe(row, example)} has {len(ids)} tokens > max_length={length}")
+    input_ids[row, :len(ids)] = ids
+    attention_mask[row, :len(ids)] = True
+    loss_mask[row, :len(ids)] = example["loss_mask"]
+  return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}

@@ -15,6 +15,11 @@ returned as floats; hard 0/1 labels are returned as ints like TRL's) or unknown 
 -100: the step is scored but not trained on); and the result also lists `step_ends`, the
 token index of every step whose last token survived truncation, labelled or not, which is
 what the PRM head reads (see `prm_jax.data.batching.collate_prm`).
+
+The policy speaks the same layout (`tokenize_sft`): a policy trained on
+`prompt_ids(problem)` followed by `step + separator` pieces and EOS samples solutions that
+re-tokenize into exactly what the PRM scores, and any step boundary (`step_ends[i] + 1`
+tokens) is a prefix to continue from.
 """
 
 from __future__ import annotations
@@ -87,11 +92,9 @@ def tokenize_stepwise(tokenizer: Tokenizer, example: Trajectory | Mapping[str, A
   if train_on_last_step_only and labels:
     labels = [IGNORE_INDEX] * (len(labels) - 1) + labels[-1:]
 
-  prompt_ids = tokenizer.encode(prompt)
-  if tokenizer.bos_id is not None:
-    prompt_ids = [tokenizer.bos_id] + prompt_ids
+  prompt_tokens = prompt_ids(tokenizer, prompt)
   if max_prompt_length is not None:
-    prompt_ids = prompt_ids[max(len(prompt_ids) - max_prompt_length, 0):]
+    prompt_tokens = prompt_tokens[max(len(prompt_tokens) - max_prompt_length, 0):]
 
   separator_ids = tokenizer.encode(step_separator)
   completion_ids, completion_labels, ends = [], [], []
@@ -107,10 +110,31 @@ def tokenize_stepwise(tokenizer: Tokenizer, example: Trajectory | Mapping[str, A
   if max_completion_length is not None:
     completion_ids = completion_ids[:max_completion_length]
     completion_labels = completion_labels[:max_completion_length]
-  input_ids = prompt_ids + completion_ids
-  token_labels = [IGNORE_INDEX] * len(prompt_ids) + completion_labels
+  input_ids = prompt_tokens + completion_ids
+  token_labels = [IGNORE_INDEX] * len(prompt_tokens) + completion_labels
   if max_length is not None:
     input_ids, token_labels = input_ids[:max_length], token_labels[:max_length]
-  step_ends = [len(prompt_ids) + end for end in ends
-               if end < len(completion_ids) and len(prompt_ids) + end < len(input_ids)]
+  step_ends = [len(prompt_tokens) + end for end in ends
+               if end < len(completion_ids) and len(prompt_tokens) + end < len(input_ids)]
   return {"input_ids": input_ids, "labels": token_labels, "step_ends": step_ends}
+
+
+def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
+  """The BOS-prefixed prompt tokens: what a policy is given to start a solution."""
+  ids = tokenizer.encode(prompt)
+  return ids if tokenizer.bos_id is None else [tokenizer.bos_id] + ids
+
+
+def tokenize_sft(tokenizer: Tokenizer, example: Trajectory | Mapping[str, Any], *,
+                 step_separator: str = "\n") -> dict[str, list]:
+  """A policy training sequence: the stepwise layout of `tokenize_stepwise`, then EOS.
+
+  Returns `{"input_ids": [L], "loss_mask": [L] bools}`, the loss on every completion token
+  and the EOS (so the policy learns where to stop), not on the prompt.
+  """
+  if tokenizer.eos_id is None:
+    raise ValueError("tokenize_sft needs a tokenizer with an EOS token (to end solutions)")
+  ids = tokenize_stepwise(tokenizer, example, step_separator=step_separator)["input_ids"]
+  ids = ids + [tokenizer.eos_id]
+  prompt = len(prompt_ids(tokenizer, _fields(example)[0]))
+  return {"input_ids": ids, "loss_mask": [i >= prompt for i in range(len(ids))]}

@@ -1,0 +1,57 @@
+"""Policy format and SFT objective: layout shared with the PRM, loss vs float64 NumPy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prm_jax import models
+from prm_jax.data import (CharTokenizer, Trajectory, collate_sft, prompt_ids, tokenize_sft,
+                          tokenize_stepwise)
+from prm_jax.objectives.sft import make_sft_loss
+
+TOKENIZER = CharTokenizer()
+EXAMPLE = Trajectory(problem="7+5*3=?", steps=["7+5=12", "12*3=36", "#### 36"],
+                     labels=[1.0, 1.0, 1.0], answer="36")
+
+
+def test_sft_sequence_is_the_prm_layout_plus_eos():
+  sft = tokenize_sft(TOKENIZER, EXAMPLE)
+  prm = tokenize_stepwise(TOKENIZER, EXAMPLE)
+  assert sft["input_ids"] == prm["input_ids"] + [TOKENIZER.eos_id]
+  assert TOKENIZER.decode(sft["input_ids"][1:-1]) == "7+5*3=?7+5=12\n12*3=36\n#### 36\n"
+  prompt = len(prompt_ids(TOKENIZER, EXAMPLE.problem))
+  assert sft["loss_mask"] == [False] * prompt + [True] * (len(sft["input_ids"]) - prompt)
+  # Each step boundary is a prefix of the same sequence (what rollouts continue).
+  for end in prm["step_ends"]:
+    assert TOKENIZER.decode(sft["input_ids"][end:end + 1]) == "\n"
+
+
+def test_collate_sft_pads_right_and_rejects_overlong():
+  short = Trajectory(problem="7+5=?", steps=["7+5=12", "#### 12"], answer="12")
+  rows = [tokenize_sft(TOKENIZER, EXAMPLE), tokenize_sft(TOKENIZER, short)]
+  batch = collate_sft(rows, pad_id=TOKENIZER.pad_id, max_length=40)
+  assert batch["input_ids"].shape == (2, 40)
+  assert batch["attention_mask"].sum(1).tolist() == [len(r["input_ids"]) for r in rows]
+  assert not batch["loss_mask"][~batch["attention_mask"]].any()
+  with pytest.raises(ValueError, match="example 0 has 32 tokens > max_length=10"):
+    collate_sft(rows, pad_id=0, max_length=10)
+
+
+def test_sft_loss_matches_float64_numpy():
+  config = models.get_model_config("tiny", vocab_size=TOKENIZER.vocab_size)
+  params = models.init_params(config, jax.random.key(0))
+  batch = collate_sft([tokenize_sft(TOKENIZER, EXAMPLE)] * 2, pad_id=TOKENIZER.pad_id,
+                      max_length=36)
+  loss, metrics = make_sft_loss(config)(params, batch, None)
+  logits = np.asarray(models.forward(config, params, batch["input_ids"],
+                                     attention_mask=batch["attention_mask"])["logits"],
+                      np.float64)
+  logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)
+                         ) - logits.max(-1, keepdims=True)
+  nll = -np.take_along_axis(logp[:, :-1], batch["input_ids"][:, 1:, None], -1)[..., 0]
+  mask = batch["loss_mask"][:, 1:]
+  np.testing.assert_allclose(loss, nll[mask].mean(), rtol=1e-5)
+  assert int(metrics["tokens"]) == mask.sum()
+  assert jnp.isfinite(jax.grad(lambda p: make_sft_loss(config)(p, batch, None)[0])(
+      params)["embedding"]).all()
