@@ -65,3 +65,13 @@ def hf_logits(model, ids, mask, positions) -> np.ndarray:
                 attention_mask=torch.as_tensor(mask, dtype=torch.long),
                 position_ids=torch.as_tensor(positions, dtype=torch.long))
   return out.logits.float().numpy()
+
+
+def hf_greedy(model, ids, mask, max_new_tokens: int) -> np.ndarray:
+  """`[B, max_new_tokens]` greedy continuation of left-padded prompts (no stop token)."""
+  with torch.no_grad():
+    out = model.generate(input_ids=torch.as_tensor(ids, dtype=torch.long),
+                         attention_mask=torch.as_tensor(mask, dtype=torch.long),
+                         do_sample=False, max_new_tokens=max_new_tokens,
+                         min_new_tokens=max_new_tokens, pad_token_id=0)
+  return out[:, ids.shape[1]:].numpy()

