@@ -8,7 +8,9 @@ Parameters are a plain nested dict of arrays (`params["layers"]` leaves carry a 
              "index": [] int32}      # next slot to write (shared by the batch)
 
 Rows are left-padded, so every row writes the same slot range; a row's own token count
-is `mask.sum(-1)`, from which default positions continue.
+is `mask.sum(-1)`, from which default positions continue. Slots may also be masked out
+afterwards (the sampler drops the slots past a row's prefix): attention and positions
+only ever count the slots the mask marks.
 """
 
 from __future__ import annotations
@@ -119,28 +121,30 @@ def forward(config: ModelConfig, params: dict, input_ids: jax.Array, *,
     if length > config.max_seq_len:
       raise ValueError(f"sequence length {length} exceeds ModelConfig.max_seq_len="
                        f"{config.max_seq_len}")
-    key_valid, cache_index, cache_kv = attention_mask, None, None
-    query_slots = jnp.arange(length)
-    offset = 0
+    cache_kv, cache_mask, offset = None, None, 0
   else:
     slots = cache["mask"].shape[1]
     if length > slots:
       raise ValueError(f"{length} new tokens do not fit a cache of {slots} slots")
-    cache_index = cache["index"]
-    key_valid = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, cache_index))
     cache_kv = (cache["k"], cache["v"])
-    query_slots = cache_index + jnp.arange(length)
+    # The new tokens attend the filled slots before `index`; they are written after the
+    # layer scan (one update of the whole cache, not one per layer).
+    cache_mask = (cache["mask"] & (jnp.arange(slots) < cache["index"]))[:, None, :]
     offset = jnp.sum(cache["mask"], axis=-1)
   if positions is None:
     positions = default_positions(attention_mask, offset)
-  key_slots = jnp.arange(key_valid.shape[1])
-  mask = key_valid[:, None, :] & (key_slots[None, None, :] <= query_slots[None, :, None])
+  causal = jnp.tril(jnp.ones((length, length), bool))
+  mask = attention_mask[:, None, :] & causal[None]
 
   outputs = Transformer(config).apply(
-      {"params": params}, input_ids, positions, mask, cache_kv, cache_index,
+      {"params": params}, input_ids, positions, mask, cache_kv, cache_mask,
       step_positions=step_positions, lm_logits=lm_logits)
-  new_cache_kv = outputs.pop("cache_kv")
+  new_kv = outputs.pop("cache_kv")
   if cache is not None:
-    outputs["cache"] = {"k": new_cache_kv[0], "v": new_cache_kv[1], "mask": key_valid,
-                        "index": cache_index + length}
+    index = cache["index"]
+    write = lambda full, new: jax.lax.dynamic_update_slice(full, new, (0, 0, index, 0, 0))
+    outputs["cache"] = {
+        "k": write(cache["k"], new_kv[0]), "v": write(cache["v"], new_kv[1]),
+        "mask": jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, index)),
+        "index": index + length}
   return outputs

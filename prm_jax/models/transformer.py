@@ -73,22 +73,30 @@ def apply_rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-  """Grouped-query softmax attention with fp32 scores.
+def attend(q: jax.Array, key_blocks) -> jax.Array:
+  """Grouped-query softmax attention with fp32 scores, over one or more blocks of keys.
 
   Args:
-    q: `[B, T, H, Dh]`; k, v: `[B, S, K, Dh]` with `H % K == 0`.
-    mask: `[B, T, S]` bool, True where query t may attend key slot s.
+    q: `[B, T, H, Dh]`.
+    key_blocks: sequence of `(k, v, mask)`: k, v `[B, S_i, K, Dh]` with `H % K == 0`, mask
+      `[B, T or 1, S_i]` bool, True where query t may attend key s. The softmax runs over
+      all blocks together: with a KV cache, the cached keys and the new tokens' keys are
+      two blocks, so the cache is read as it is and written once after the layer scan
+      (see `prm_jax.models.forward`) instead of being rewritten inside every layer.
   Returns:
-    `[B, T, H, Dh]` in the dtype of `v`.
+    `[B, T, H, Dh]` in the dtype of the values.
   """
   b, t, h, dh = q.shape
-  kv_heads = k.shape[2]
+  kv_heads = key_blocks[0][0].shape[2]
   q = q.reshape(b, t, kv_heads, h // kv_heads, dh)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-  scores = jnp.where(mask[:, None, None], scores / math.sqrt(dh), MASK_VALUE)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  scores = [jnp.where(mask[:, None, None],
+                      jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype),
+                                 preferred_element_type=jnp.float32) / math.sqrt(dh),
+                      MASK_VALUE) for k, _, mask in key_blocks]
+  probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1)
+  splits = np.cumsum([k.shape[1] for k, _, _ in key_blocks])[:-1]
+  out = sum(jnp.einsum("bkgts,bskd->btkgd", p.astype(q.dtype), v.astype(q.dtype))
+            for p, (_, v, _) in zip(jnp.split(probs, splits, axis=-1), key_blocks))
   return out.reshape(b, t, h, dh)
 
 
@@ -111,11 +119,13 @@ class Attention(nn.Module):
     return y
 
   @nn.compact
-  def __call__(self, x, positions, mask, layer_cache, cache_index):
-    """x `[B, T, D]`, positions `[B, T]`, mask `[B, T, S]`.
+  def __call__(self, x, positions, mask, layer_cache, cache_mask):
+    """x `[B, T, D]`, positions `[B, T]`, mask `[B, T, T]` among the new tokens.
 
-    layer_cache: None, or `(k, v)` each `[B, S, K, Dh]`; the new keys/values are written
-      at slots `cache_index .. cache_index + T - 1` and the updated pair is returned.
+    layer_cache: None, or `(k, v)` each `[B, S, K, Dh]` (this layer's cache, read only),
+      with cache_mask `[B, 1, S]` marking the slots the new tokens may attend.
+    Returns the output `[B, T, D]` and, with a cache, the new tokens' `(k, v)`
+    `[B, T, K, Dh]` (in the cache dtype) for the caller to write.
     """
     c = self.config
     q = self._heads_in("q", x, c.num_heads, "heads")
@@ -125,14 +135,12 @@ class Attention(nn.Module):
     k = constrain(apply_rotary(k, positions, c.rope_theta),
                   ("batch", "length", "kv_heads", "head_dim"))
     v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
-    new_cache = None
+    blocks, new_cache = [(k, v, mask)], None
     if layer_cache is not None:
       cache_k, cache_v = layer_cache
-      start = (0, cache_index, 0, 0)
-      k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), start)
-      v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), start)
-      new_cache = (k, v)
-    out = attend(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+      new_cache = (k.astype(cache_k.dtype), v.astype(cache_v.dtype))
+      blocks.insert(0, (cache_k, cache_v, cache_mask))
+    out = attend(q, blocks)
     o_kernel = self.param("o_kernel", _init(c, ("heads", "head_dim", "embed")),
                           (c.num_heads, c.head_dim, c.hidden_size), c.params_dtype)
     return jnp.einsum("bthd,hde->bte", out, o_kernel.astype(c.compute_dtype)), new_cache
@@ -163,9 +171,9 @@ class Block(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, layer_cache, positions, mask, cache_index):
+  def __call__(self, x, layer_cache, positions, mask, cache_mask):
     h, new_cache = Attention(self.config, name="attn")(
-        RMSNorm(self.config, name="attn_norm")(x), positions, mask, layer_cache, cache_index)
+        RMSNorm(self.config, name="attn_norm")(x), positions, mask, layer_cache, cache_mask)
     x = x + h
     x = x + MLP(self.config, name="mlp")(RMSNorm(self.config, name="mlp_norm")(x))
     return constrain(x, ("batch", "length", "embed")), new_cache
@@ -180,7 +188,7 @@ class Transformer(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, input_ids, positions, mask, cache_kv=None, cache_index=None,
+  def __call__(self, input_ids, positions, mask, cache_kv=None, cache_mask=None,
                step_positions=None, lm_logits="all"):
     c = self.config
     embedding = self.param("embedding", _init(c, ("vocab", "embed")),
@@ -194,7 +202,7 @@ class Transformer(nn.Module):
     layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
                      length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-    x, new_cache_kv = layers(c, name="layers")(x, cache_kv, positions, mask, cache_index)
+    x, new_cache_kv = layers(c, name="layers")(x, cache_kv, positions, mask, cache_mask)
     hidden = RMSNorm(c, name="final_norm")(x)
     outputs = {"hidden": hidden, "cache_kv": new_cache_kv}
 

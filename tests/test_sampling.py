@@ -1,0 +1,220 @@
+"""The KV-cache sampler: greedy, seeded sampling, stop tokens, shared prefixes, statistics."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prm_jax import models, parallel, sampling
+
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def model():
+  config = models.get_model_config("tiny_qwen2")
+  params = models.init_params(config, jax.random.key(0))
+  # Larger weights than the default init: peaked distributions, so tokens vary by context.
+  return config, jax.tree.map(lambda x: x * 4 if x.ndim > 1 else x, params)
+
+
+@pytest.fixture(scope="module")
+def prompts():
+  """Left-padded prompts of lengths 9, 5, 1 and 7 `[4, 9]`."""
+  rng = np.random.default_rng(0)
+  lengths = [9, 5, 1, 7]
+  mask = np.arange(9)[None] >= 9 - np.asarray(lengths)[:, None]
+  return np.where(mask, rng.integers(3, 256, mask.shape), 0).astype(np.int32), mask
+
+
+def _forward_logits(config, params, tokens, width=32):
+  """fp32 logits `[T, V]` of one sequence, no cache (right-padded to one jitted shape: the
+  padding comes after every real token, so causal attention never sees it)."""
+  ids = np.zeros((1, width), np.int32)
+  ids[0, :len(tokens)] = tokens
+  return np.asarray(_logits_fn(config)(params, ids))[0, :len(tokens)]
+
+
+@functools.lru_cache
+def _logits_fn(config):
+  return jax.jit(lambda params, ids: models.forward(config, params, ids)["logits"])
+
+
+def _generate(*args, **kwargs):
+  return jax.tree.map(np.asarray, sampling.generate(*args, **kwargs))
+
+
+def _continue(*args, **kwargs):
+  return jax.tree.map(np.asarray, sampling.continue_prefixes(*args, **kwargs))
+
+
+def _row(ids, mask, r):
+  return list(ids[r][mask[r]])
+
+
+def test_greedy_equals_step_by_step_argmax(model, prompts):
+  config, params = model
+  ids, mask = prompts
+  out = _generate(config, params, ids, mask, max_new_tokens=STEPS)
+  for r in range(len(ids)):
+    sequence = _row(ids, mask, r)
+    for _ in range(STEPS):
+      sequence.append(int(np.argmax(_forward_logits(config, params, sequence)[-1])))
+    assert list(out["tokens"][r]) == sequence[-STEPS:]
+  assert list(out["lengths"]) == [STEPS] * len(ids) and not out["stopped"].any()
+  # Greedy is what sampling tends to as the distribution is truncated to one token.
+  top1 = _generate(config, params, ids, mask, max_new_tokens=STEPS, temperature=1.0,
+                           top_k=1, rng=jax.random.key(3))
+  np.testing.assert_array_equal(top1["tokens"], out["tokens"])
+
+
+def test_statistics_match_teacher_forced_logits(model, prompts):
+  config, params = model
+  ids, mask = prompts
+  out = _generate(config, params, ids, mask, max_new_tokens=STEPS, temperature=1.0,
+                          rng=jax.random.key(1))
+  for r in range(len(ids)):
+    prompt = _row(ids, mask, r)
+    logits = _forward_logits(config, params, prompt + list(out["tokens"][r]))[len(prompt) - 1:-1]
+    log_p = jax.nn.log_softmax(logits.astype(np.float64), axis=-1)
+    tokens = out["tokens"][r]
+    np.testing.assert_allclose(out["logprobs"][r], log_p[np.arange(STEPS), tokens], atol=2e-4)
+    np.testing.assert_allclose(out["entropy"][r], -(np.exp(log_p) * log_p).sum(-1), atol=2e-4)
+    order = np.argsort(-logits, axis=-1)
+    np.testing.assert_array_equal(out["top1"][r], order[:, 0])
+    np.testing.assert_array_equal(out["top2"][r], order[:, 1])
+    np.testing.assert_allclose(out["top2_prob"][r], np.exp(log_p[np.arange(STEPS), order[:, 1]]),
+                               atol=1e-5)
+
+
+def test_seeded_rows_do_not_depend_on_batch_composition(model, prompts):
+  config, params = model
+  ids, mask = prompts
+  keys = jax.random.split(jax.random.key(7), len(ids))
+  kwargs = dict(max_new_tokens=STEPS, temperature=1.3, top_p=0.9)
+  batch = _generate(config, params, ids, mask, rng=keys, **kwargs)
+  again = _generate(config, params, ids, mask, rng=keys, **kwargs)
+  np.testing.assert_array_equal(batch["tokens"], again["tokens"])
+  order = [2, 0, 3, 1]
+  shuffled = _generate(config, params, ids[order], mask[order], rng=keys[np.array(order)],
+                               **kwargs)
+  np.testing.assert_array_equal(shuffled["tokens"], batch["tokens"][order])
+  alone = _generate(config, params, ids[1:2, 4:], mask[1:2, 4:], rng=keys[1:2], **kwargs)
+  np.testing.assert_array_equal(alone["tokens"][0], batch["tokens"][1])
+  other_seed = _generate(config, params, ids, mask, rng=jax.random.key(8), **kwargs)
+  assert not np.array_equal(other_seed["tokens"], batch["tokens"])
+
+
+def test_stop_tokens_end_rows_and_pad_the_rest(model, prompts):
+  config, params = model
+  ids, mask = prompts
+  greedy = _generate(config, params, ids, mask, max_new_tokens=STEPS)["tokens"]
+  stop = int(greedy[0, 2])  # Row 0 emits it at step 2 (maybe earlier too).
+  out = _generate(config, params, ids, mask, max_new_tokens=STEPS, stop_tokens=(stop,),
+                          pad_id=-1)
+  for r in range(len(ids)):
+    hits = np.flatnonzero(greedy[r] == stop)
+    length = hits[0] + 1 if hits.size else STEPS
+    assert out["lengths"][r] == length and out["stopped"][r] == bool(hits.size)
+    np.testing.assert_array_equal(out["tokens"][r, :length], greedy[r, :length])
+    assert (out["tokens"][r, length:] == -1).all()
+    assert (out["logprobs"][r, length:] == 0).all() and (out["entropy"][r, length:] == 0).all()
+  assert out["stopped"][0]
+
+
+def test_shared_prefix_equals_independent_sampling(model, prompts):
+  config, params = model
+  ids, mask = prompts
+  n = 5
+  keys = jax.random.split(jax.random.key(11), 2 * n)
+  kwargs = dict(max_new_tokens=STEPS, temperature=1.0, top_k=20)
+  shared = _generate(config, params, ids[:2], mask[:2], num_samples=n, rng=keys, **kwargs)
+  copies = _generate(config, params, np.repeat(ids[:2], n, 0), np.repeat(mask[:2], n, 0),
+                             rng=keys, **kwargs)
+  for name in ("tokens", "logprobs", "entropy"):
+    np.testing.assert_allclose(shared[name], copies[name], atol=1e-5, err_msg=name)
+  assert len({tuple(t) for t in shared["tokens"][:n]}) > 1  # The samples differ.
+
+
+def test_continuations_from_step_boundaries_equal_fresh_prompts(model, prompts):
+  config, params = model
+  ids, mask = prompts
+  # Rows: prompt 0 cut at 3, 7 and 9 real tokens, prompt 3 cut at 2, with forced tokens on two.
+  sources, lengths = np.array([0, 0, 0, 3]), np.array([3, 7, 9, 2])
+  next_tokens = np.array([-1, 17, -1, 42])
+  keys = jax.random.split(jax.random.key(5), 4)
+  kwargs = dict(max_new_tokens=STEPS, temperature=0.8)
+  out = _continue(config, params, ids, mask, sources=sources, prefix_lengths=lengths,
+                  next_tokens=next_tokens, rng=keys, **kwargs)
+  for r in range(4):
+    forced = [next_tokens[r]] if next_tokens[r] >= 0 else []
+    prefix = _row(ids, mask, sources[r])[:lengths[r]] + forced
+    fresh = _generate(config, params, np.array([prefix]), rng=keys[r:r + 1], **kwargs)
+    np.testing.assert_array_equal(out["tokens"][r], fresh["tokens"][0])
+    np.testing.assert_allclose(out["logprobs"][r], fresh["logprobs"][0], atol=1e-5)
+
+
+def test_sharded_sampling_equals_single_device(model, prompts):
+  config, params = model
+  ids, mask = prompts
+  mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
+  kwargs = dict(max_new_tokens=STEPS, temperature=1.0, rng=jax.random.key(2), num_samples=3)
+  single = _generate(config, params, ids, mask, **kwargs)
+  sharded = _generate(config, jax.device_put(params, parallel.param_shardings(
+      config, mesh)), ids[:3], mask[:3], mesh=mesh, **kwargs)  # 9 rows: padded to 12 inside.
+  np.testing.assert_array_equal(sharded["tokens"], single["tokens"][:9])
+  np.testing.assert_allclose(sharded["entropy"], single["entropy"][:9], atol=1e-5)
+
+
+def _frequencies(sampling_config, logits, draws=40_000):
+  keys = jax.random.split(jax.random.key(0), draws)
+  tokens = sampling.choose_tokens(sampling_config, jnp.tile(logits, (draws, 1)), keys)
+  return np.bincount(np.asarray(tokens), minlength=logits.shape[-1]) / draws
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [
+    (1.0, None, None), (0.5, None, None), (1.0, 3, None), (1.0, None, 0.7), (2.0, 4, 0.8)])
+def test_sampled_frequencies_follow_the_truncated_distribution(temperature, top_k, top_p):
+  logits = jnp.array([2.0, 1.5, 1.0, 0.5, 0.0, -1.0, -3.0])
+  expected = np.exp(np.asarray(logits, np.float64) / temperature)
+  expected /= expected.sum()
+  order = np.argsort(-expected)
+  keep = np.ones_like(expected, bool)
+  if top_k:
+    keep[order[top_k:]] = False
+  if top_p:
+    kept = expected * keep / (expected * keep).sum()
+    before = np.cumsum(kept[order]) - kept[order]
+    keep[order[before >= top_p]] = False
+  expected = expected * keep / (expected * keep).sum()
+  config = sampling.SamplingConfig(max_new_tokens=1, temperature=temperature, top_k=top_k,
+                                   top_p=top_p)
+  np.testing.assert_allclose(_frequencies(config, logits), expected, atol=0.01)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(max_new_tokens=0), "max_new_tokens must be a positive int"),
+    (dict(max_new_tokens=2, temperature=-1.0), "temperature must be >= 0"),
+    (dict(max_new_tokens=2, top_p=1.5), r"top_p must be in \(0, 1\]"),
+    (dict(max_new_tokens=2, top_k=0), "top_k must be a positive int"),
+    (dict(max_new_tokens=2, rng=jax.random.split(jax.random.key(0), 3)),
+     "rng must be one key or 4 keys"),
+    (dict(max_new_tokens=600), "exceeds ModelConfig.max_seq_len=512"),
+])
+def test_bad_arguments_are_named(model, prompts, kwargs, message):
+  config, params = model
+  ids, mask = prompts
+  with pytest.raises(ValueError, match=message):
+    _generate(config, params, ids, mask, **kwargs)
+
+
+def test_bad_prefixes_are_named(model, prompts):
+  config, params = model
+  ids, mask = prompts
+  with pytest.raises(ValueError, match="left-padded"):
+    _generate(config, params, ids, mask[:, ::-1], max_new_tokens=2)
+  with pytest.raises(ValueError, match="row 1: prefix_lengths=6 but prompt 1 has 5 real tokens"):
+    _continue(config, params, ids, mask, sources=[0, 1], prefix_lengths=[2, 6],
+                               max_new_tokens=2)
