@@ -34,10 +34,10 @@ import jax
 import numpy as np
 from absl import flags
 
-from prm_jax.data.batching import collate_prm
+from prm_jax.data.batching import collate_prm, collate_sft
 from prm_jax.data.schema import Trajectory
 from prm_jax.data.tfds_builder import from_features
-from prm_jax.data.tokenize import tokenize_stepwise
+from prm_jax.data.tokenize import tokenize_sft, tokenize_stepwise
 from prm_jax.data.tokenizer import Tokenizer
 
 
@@ -48,12 +48,45 @@ def shard(ds: grain.MapDataset, index: int, count: int) -> grain.MapDataset:
   return ds[index::count]
 
 
+def records(source: Sequence[Any], *, seed: int, shuffle: bool, num_epochs: int | None,
+            shard_index: int | None, shard_count: int | None) -> grain.MapDataset:
+  """Stages 1-2: this process's shard of `source`, shuffled by `seed` (every epoch anew),
+  repeated `num_epochs` times (None: forever). Shard default: this JAX process."""
+  shard_index = jax.process_index() if shard_index is None else shard_index
+  shard_count = jax.process_count() if shard_count is None else shard_count
+  ds = shard(grain.MapDataset.source(source), shard_index, shard_count)
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  return ds.repeat(num_epochs)
+
+
+def _trajectory(record: Trajectory | dict[str, Any]) -> Trajectory:
+  return record if isinstance(record, Trajectory) else from_features(record)
+
+
 def _tokenize(record: Trajectory | dict[str, Any], *, tokenizer: Tokenizer,
               options: dict[str, Any]) -> dict[str, Any]:
-  trajectory = record if isinstance(record, Trajectory) else from_features(record)
+  trajectory = _trajectory(record)
   example = tokenize_stepwise(tokenizer, trajectory, **options)
   example["source"] = trajectory.meta.get("source")
   return example
+
+
+def _tokenize_sft(record: Trajectory | dict[str, Any], *, tokenizer: Tokenizer,
+                  step_separator: str) -> dict[str, Any]:
+  trajectory = _trajectory(record)
+  example = tokenize_sft(tokenizer, trajectory, step_separator=step_separator)
+  example["source"] = trajectory.meta.get("source")
+  return example
+
+
+def _pad_id(tokenizer: Tokenizer, pad_id: int | None) -> int:
+  """The given id, else the tokenizer's pad, else its eos (padding is never attended)."""
+  if pad_id is None:
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+  if pad_id is None:
+    raise ValueError("the tokenizer has neither a pad nor an eos token: pass pad_id")
+  return pad_id
 
 
 def _bucket_length(examples: Sequence[dict[str, Any]], lengths: Sequence[int]) -> int:
@@ -127,17 +160,10 @@ def prm_batches(source: Sequence[Any], tokenizer: Tokenizer, *, batch_size: int,
   lengths = sorted(set(bucket_lengths) | {max_length})
   if lengths[-1] != max_length:
     raise ValueError(f"bucket_lengths {list(bucket_lengths)} exceed max_length={max_length}")
-  if pad_id is None:
-    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
-  if pad_id is None:
-    raise ValueError("the tokenizer has neither a pad nor an eos token: pass pad_id")
-  shard_index = jax.process_index() if shard_index is None else shard_index
-  shard_count = jax.process_count() if shard_count is None else shard_count
-
-  ds = shard(grain.MapDataset.source(source), shard_index, shard_count)
-  if shuffle:
-    ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(num_epochs).map(functools.partial(
+  pad_id = _pad_id(tokenizer, pad_id)
+  ds = records(source, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+               shard_index=shard_index, shard_count=shard_count)
+  ds = ds.map(functools.partial(
       _tokenize, tokenizer=tokenizer,
       options=dict(step_separator=step_separator, max_prompt_length=max_prompt_length,
                    train_on_last_step_only=train_on_last_step_only,
@@ -158,3 +184,26 @@ def prm_batches(source: Sequence[Any], tokenizer: Tokenizer, *, batch_size: int,
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return ds
+
+
+def sft_batches(source: Sequence[Any], tokenizer: Tokenizer, *, batch_size: int,
+                max_length: int, seed: int = 0, shuffle: bool = True,
+                num_epochs: int | None = None, shard_index: int | None = None,
+                shard_count: int | None = None, step_separator: str = "\n",
+                pad_id: int | None = None) -> grain.IterDataset:
+  """Policy training batches (`collate_sft` layout, `[batch_size, max_length]`) from
+  trajectories: stages 1-2 as `prm_batches`, then `tokenize_sft` (prompt, steps, EOS).
+
+  A final partial batch is dropped (static shapes); an over-long solution raises.
+  Iterators have `get_state` / `set_state`.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size={batch_size} must be >= 1")
+  pad_id = _pad_id(tokenizer, pad_id)
+  ds = records(source, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+               shard_index=shard_index, shard_count=shard_count)
+  ds = ds.map(functools.partial(_tokenize_sft, tokenizer=tokenizer,
+                                step_separator=step_separator))
+  ds = ds.batch(batch_size, drop_remainder=True,
+                batch_fn=functools.partial(collate_sft, pad_id=pad_id, max_length=max_length))
+  return ds.to_iter_dataset()
