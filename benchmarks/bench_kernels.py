@@ -10,7 +10,8 @@ Per `[tokens, V]` and dtype, one table row:
     bandwidth measured in the same run ((bytes read + bytes written) / s of a large
     NumPy copy);
   * cores: CPU seconds per wall second of our run (2.0 = both cores busy);
-  * scratch: XLA's temporary buffers of our compiled function (peak extra memory);
+  * scratch: XLA's temporary buffers of our compiled function per device (peak extra
+    memory; on CPU it includes, for bf16, one copy of the logits at their own width);
   * x naive: speed-up over the naive jitted `-sum(exp(log_softmax(x)) * log_softmax(x))`;
   * x torch: speed-up over `torch.distributions.Categorical(logits=x).entropy()` (CPU).
 Times are medians. Both peers compute only the entropy; ours computes all statistics.
@@ -22,9 +23,11 @@ import argparse
 import os
 import sys
 
-# Host devices must be fixed before JAX starts; parse just that flag first.
-_DEVICES = int(next((a.split("=")[1] for a in sys.argv if a.startswith("--devices=")), 2))
-os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={_DEVICES}")
+# The host device count must be fixed before JAX starts, so `--devices` is read here.
+_ARGS = " ".join(sys.argv[1:]).replace("=", " ").split()
+_DEVICES = int(_ARGS[_ARGS.index("--devices") + 1]) if "--devices" in _ARGS else 2
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           f" --xla_force_host_platform_device_count={_DEVICES}")
 # Run as a plain script from anywhere: the repository root holds `prm_jax`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -66,6 +69,15 @@ def copy_bandwidth(nbytes: int = 1 << 30) -> float:
   return 2 * nbytes / best
 
 
+def machine() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    name = platform.processor() or platform.machine()
+  return f"{name}, {os.cpu_count()} cores"
+
+
 def naive_entropy(x):
   log_p = jax.nn.log_softmax(x.astype(jnp.float32), axis=-1)
   return -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
@@ -104,17 +116,17 @@ def main():
                       help="[tokens]x[V] pairs")
   parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
   parser.add_argument("--devices", type=int, default=_DEVICES,
-                      help="host devices the rows are sharded over (--devices=N form)")
+                      help="host devices the rows are sharded over (CPU: one per core)")
   parser.add_argument("--repeats", type=int, default=5, help="timed calls of ours")
   parser.add_argument("--peer-repeats", type=int, default=2, help="timed calls of each peer")
   args = parser.parse_args()
 
   copy = copy_bandwidth()
-  print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+  print(f"machine: {machine()}; "
         f"jax {jax.__version__} on {args.devices} {jax.default_backend()} device(s); "
         f"torch {torch.__version__} with {torch.get_num_threads()} threads")
   print(f"memory copy: {copy / 1e9:.1f} GB/s (read + write)\n")
-  header = ("| tokens x V | dtype | ours ms | ours GB/s | / copy | cores | scratch MiB "
+  header = ("| tokens x V | dtype | ours ms | ours GB/s | / copy | cores | scratch MiB/dev "
             "| naive GB/s | torch GB/s | x naive | x torch |")
   print(header)
   print("|" + "---|" * (header.count("|") - 1))
