@@ -155,7 +155,7 @@ def _top2_blocks(block_max):
   Built on argmax: `_top2`'s max, like `top_k`'s sort, costs far more here, as XLA folds
   a max of block maxima into a second whole-chunk reduction over its own chunk copy.
   """
-  rows, blocks = block_max.shape
+  blocks = block_max.shape[-1]
   first = jnp.argmax(block_max, axis=-1)
   if blocks == 1:
     return (jnp.concatenate([block_max, jnp.full_like(block_max, -jnp.inf)], -1),
