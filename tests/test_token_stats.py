@@ -61,13 +61,13 @@ def special_rows(rng, vocab):
   return np.stack(rows).astype(np.float32)
 
 
-def check(stats, want, exact_ids=True):
+def check(stats, want):
+  """Floats within 1e-5 relative (1e-6 absolute near 0); top-1/top-2 ids exact."""
   for key in ("entropy", "logsumexp", "logprob", "top1_prob", "top2_prob"):
     np.testing.assert_allclose(np.asarray(stats[key]), want[key], rtol=1e-5, atol=1e-6,
                                err_msg=key)
-  if exact_ids:
-    np.testing.assert_array_equal(stats["top1"], want["top1"])
-    np.testing.assert_array_equal(stats["top2"], want["top2"])
+  np.testing.assert_array_equal(stats["top1"], want["top1"])
+  np.testing.assert_array_equal(stats["top2"], want["top2"])
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -144,13 +144,15 @@ def test_sharded_equals_unsharded(impl, spec):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_extra_memory_does_not_grow_with_vocab(impl):
-  """Compiled scratch memory for 256 rows is the same at V=32k and V=128k (fp32)."""
+  """Compiled scratch memory (fp32, 256 rows) is a few chunks, the same at V=32k and 128k."""
+  rows, chunk = 256, 2048
+
   def scratch(vocab):
-    logits = jax.ShapeDtypeStruct((256, vocab), jnp.float32)
-    tokens = jax.ShapeDtypeStruct((256,), jnp.int32)
-    compiled = jax.jit(lambda x, t: token_stats(x, t, impl=impl)).lower(logits, tokens).compile()
-    return compiled.memory_analysis().temp_size_in_bytes
+    logits = jax.ShapeDtypeStruct((rows, vocab), jnp.float32)
+    tokens = jax.ShapeDtypeStruct((rows,), jnp.int32)
+    fn = jax.jit(lambda x, t: token_stats(x, t, chunk_size=chunk, impl=impl))
+    return fn.lower(logits, tokens).compile().memory_analysis().temp_size_in_bytes
 
   small, large = scratch(32768), scratch(131072)
   assert large <= small * 1.05 + (1 << 16)
-  assert large < 256 * 131072 * 4 / 4  # far below one fp32 copy of the logits
+  assert large <= 4 * rows * chunk * 4  # A few fp32 chunks; the logits are 128 MiB.

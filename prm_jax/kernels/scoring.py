@@ -31,9 +31,8 @@ def aggregate_step_scores(step_scores: jax.Array, step_mask: jax.Array | None,
                           method: str) -> jax.Array:
   """Solution scores `[B, N]` (fp32) from step scores `[B, N, S]` in [0, 1].
 
-  method: "min" (weakest step), "last" (last valid step), "prod" (product, summed in log
-  space so long solutions do not underflow early: `exp(sum log p)`, in [0, 1]) or
-  "mean". Steps where `step_mask [B, N, S]` is False are ignored; a solution with none
+  method: "min" (weakest step), "last" (last valid step), "prod" (product, taken as
+  `exp(sum log p)` so no partial product underflows on the way) or "mean". Steps where `step_mask [B, N, S]` is False are ignored; a solution with none
   scores -inf. All four are on the same [0, 1] scale and can be compared.
   """
   if method not in AGGREGATIONS:

@@ -51,8 +51,8 @@ IMPLS = ("auto", "reference", "blocked")
 # reductions, long enough that per-block summaries cost little next to the block.
 BLOCK = 128
 # Default chunk: as many columns as keep one fp32 chunk of all rows near this many bytes
-# (a cache-sized working set), rounded to whole blocks.
-_CHUNK_BYTES = 8 << 20
+# (an L3-sized working set on CPU), rounded to whole blocks.
+_CHUNK_BYTES = 16 << 20
 _LOWEST = float(np.finfo(np.float32).min)
 # exp(x) is exactly 0 in fp32 below about -104; clamping x - ref there changes no value
 # but keeps (x - ref) * exp(x - ref) at 0 instead of NaN for -inf logits.
@@ -149,6 +149,26 @@ def _reference_summary(x, start):
   return _Summary(ref, *_exp_sums(x, ref), *top)
 
 
+def _top2_blocks(block_max):
+  """`(values [N, 2], ids [N, 2])` of the two best blocks (ties: lower id; id -1: none).
+
+  Built on argmax: `_top2`'s max, like `top_k`'s sort, costs far more here, as XLA folds
+  a max of block maxima into a second whole-chunk reduction over its own chunk copy.
+  """
+  blocks = block_max.shape[-1]
+  first = jnp.argmax(block_max, axis=-1)
+  if blocks == 1:
+    return (jnp.concatenate([block_max, jnp.full_like(block_max, -jnp.inf)], -1),
+            jnp.stack([first, jnp.full_like(first, -1)], -1).astype(jnp.int32))
+  is_first = jnp.arange(blocks) == first[:, None]
+  second = jnp.argmax(jnp.where(is_first, -jnp.inf, block_max), axis=-1)
+  # When every other block is -inf, argmax may land on `first` itself (masked to -inf
+  # too): the runner-up is then the lowest other id.
+  second = jnp.where(second == first, jnp.where(first == 0, 1, 0), second)
+  ids = jnp.stack([first, second], -1).astype(jnp.int32)
+  return jnp.take_along_axis(block_max, ids, axis=-1), ids
+
+
 def _blocked_summary(x, start):
   """Summary of fp32 `x [N, w]` through per-block summaries of `BLOCK` columns.
 
@@ -161,9 +181,7 @@ def _blocked_summary(x, start):
     x = jnp.pad(x, ((0, 0), (0, blocks * BLOCK - width)), constant_values=-jnp.inf)
   x = x.reshape(rows, blocks, BLOCK)
   block_max = jnp.max(x, axis=-1)
-  # `top_k` (ties: lower index first) rather than a max over `block_max`, which XLA
-  # would fold into a second whole-chunk reduction reading its own copy of the chunk.
-  top_values, top_blocks = jax.lax.top_k(block_max, min(2, blocks))
+  top_values, top_blocks = _top2_blocks(block_max)
   block_ref = jnp.maximum(block_max, _LOWEST)
   ref = jnp.maximum(top_values[:, 0], _LOWEST)
   # `s` is summed per block against the block's max and rescaled, `t` directly against
@@ -173,10 +191,7 @@ def _blocked_summary(x, start):
   sumexp = jnp.sum(jnp.exp(block_ref - ref[:, None]) * sumexp, axis=-1)
   shifted = jnp.maximum(x - ref[:, None, None], _EXP_FLOOR)
   sumyexp = jnp.sum(jnp.sum(shifted * jnp.exp(shifted), axis=-1), axis=-1)
-  top_blocks = start // BLOCK + top_blocks.astype(jnp.int32)
-  if blocks == 1:
-    top_values = jnp.concatenate([top_values, jnp.full_like(top_values, -jnp.inf)], -1)
-    top_blocks = jnp.concatenate([top_blocks, jnp.full_like(top_blocks, -1)], -1)
+  top_blocks = jnp.where(top_blocks >= 0, start // BLOCK + top_blocks, -1)
   return _Summary(ref, sumexp, sumyexp, top_values[:, 0], top_blocks[:, 0],
                   top_values[:, 1], top_blocks[:, 1])
 
@@ -241,7 +256,7 @@ def token_stats(logits: jax.Array, tokens: jax.Array | None = None,
     logits: `[..., V]` fp32 or bf16 (any float) logits; statistics accumulate in fp32.
     tokens: optional `[...]` int token ids whose log-probabilities to return.
     mask: optional validity of positions, broadcastable to `[...]` (False = padding).
-    chunk_size: vocabulary columns read per step (default: a ~8 MiB fp32 working set).
+    chunk_size: vocabulary columns read per step (default: ~16 MiB of fp32 over all rows).
     impl: "auto", "reference" or "blocked" (module docstring).
 
   Returns:
