@@ -1,0 +1,22 @@
+"""Pipelines: what `launch.py` runs, selected by an experiment's `config.pipeline`.
+
+Each pipeline is a module with `run(config, workdir)`; the registry maps names to module
+paths so that launching one pipeline imports only that one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+PIPELINES: dict[str, str] = {
+    "prm_train": "prm_jax.pipelines.prm_train",
+}
+
+
+def get_pipeline(name: str) -> Callable:
+  """`run(config, workdir)` of the pipeline `name`; unknown names list the known ones."""
+  if name not in PIPELINES:
+    raise ValueError(f"unknown pipeline {name!r} (config.pipeline); known: "
+                     f"{sorted(PIPELINES)}")
+  return importlib.import_module(PIPELINES[name]).run
