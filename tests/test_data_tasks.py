@@ -145,3 +145,14 @@ def test_bad_knobs_are_named(factory, knobs, message):
     factory(**knobs)
   with pytest.raises(ValueError, match="unknown task 'chess'"):
     get_task("chess")
+
+
+def test_corpus_error_rate_can_depend_on_the_problem():
+  task = get_task("arithmetic", min_ops=2, max_ops=4)
+  rate = lambda problem: 1.0 if len(task.parse_problem(problem)[1]) == 4 else 0.0
+  corpus = generate_corpus(task, 300, seed=1, error_rate=rate, error_kinds=["skip_step"])
+  for t in corpus:
+    hard = len(task.parse_problem(t.problem)[1]) == 4
+    assert (t.meta["error_kind"] is not None) == hard, t.problem
+  with pytest.raises(ValueError, match=r"error_rate must be in \[0, 1\], got 2"):
+    generate_corpus(task, 3, seed=1, error_rate=lambda _: 2)

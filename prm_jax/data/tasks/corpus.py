@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -25,16 +25,19 @@ def label_solution(task: ChainTask, problem: str, solution: str | Sequence[str],
 
 
 def generate_corpus(task: ChainTask, num_problems: int, *, seed: int, split: str = "train",
-                    error_rate: float = 0.0,
+                    error_rate: float | Callable[[str], float] = 0.0,
                     error_kinds: Sequence[str] | None = None) -> list[Trajectory]:
   """One solution per problem; a fraction `error_rate` of them carries one injected error.
+
+  `error_rate` may also be a function of the problem text, e.g. higher on longer chains:
+  a policy trained on such data errs more, and more systematically, where it is hard,
+  which is where majority voting fails and a PRM can help.
 
   The kind of each error is drawn uniformly from `error_kinds` (default: all), falling
   back to another kind when it cannot occur on that problem. Deterministic in `seed`;
   `meta["error_kind"]` names the injected kind (None for clean solutions).
   """
-  if not 0.0 <= error_rate <= 1.0:
-    raise ValueError(f"error_rate must be in [0, 1], got {error_rate}")
+  rate_of = error_rate if callable(error_rate) else (lambda _: error_rate)
   kinds = list(error_kinds or ERROR_KINDS)
   unknown = set(kinds) - set(ERROR_KINDS)
   if unknown:
@@ -42,8 +45,10 @@ def generate_corpus(task: ChainTask, num_problems: int, *, seed: int, split: str
   rng = np.random.default_rng([seed, 2])  # A stream apart from the problems' own.
   corpus = []
   for problem in task.problems(num_problems, seed=seed, split=split):
-    flawed = None
-    if rng.random() < error_rate:
+    flawed, rate = None, rate_of(problem)
+    if not 0.0 <= rate <= 1.0:
+      raise ValueError(f"error_rate must be in [0, 1], got {rate} (problem {problem!r})")
+    if rng.random() < rate:
       for kind in rng.permutation(kinds):
         flawed = task.flawed(problem, str(kind), rng)
         if flawed is not None:
