@@ -11,6 +11,7 @@ from typing import Callable
 
 PIPELINES: dict[str, str] = {
     "prm_train": "prm_jax.pipelines.prm_train",
+    "quickstart": "prm_jax.pipelines.quickstart",
 }
 
 
