@@ -32,8 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       name="arithmetic", min_ops=2, max_ops=4, min_operand=1, max_operand=9, operators="+-*"))
   config.data = ml_collections.ConfigDict(dict(
       sft_problems=8000,
-      # Error rate of SFT solutions with 2, 3, 4 operations, and the kinds of errors.
-      error_rates=(0.05, 0.2, 0.7), error_kinds=("skip_step", "wrong_operator"),
+      # Error rate of SFT solutions with 1, 2, 3, 4+ reasoning steps, and the error kinds.
+      error_rates=(0.05, 0.05, 0.2, 0.7), error_kinds=("skip_step", "wrong_operator"),
       prm_problems=384, prm_samples=4, test_problems=200))
   config.policy = ml_collections.ConfigDict(dict(
       init="scratch", path="",

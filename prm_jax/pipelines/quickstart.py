@@ -88,13 +88,12 @@ def _policy_model(config: ml_collections.ConfigDict):
 
 
 def _error_rate(config: ml_collections.ConfigDict, task):
-  """Error rate of a problem by its number of operations (`data.error_rates`)."""
-  rates, low = tuple(config.data.error_rates), config.task.min_ops
-  expected = config.task.max_ops - low + 1
-  if len(rates) != expected:
-    raise ValueError(f"data.error_rates has {len(rates)} entries; task.min_ops..max_ops "
-                     f"needs {expected} (one per number of operations)")
-  return lambda problem: rates[len(task.parse_problem(problem)[1]) - low]
+  """Error rate of a problem's SFT solution by its number of reasoning steps: entry i of
+  `data.error_rates` is for i + 1 steps, the last entry for all longer solutions."""
+  rates = tuple(config.data.error_rates)
+  if not rates:
+    raise ValueError("data.error_rates is empty (give at least one rate)")
+  return lambda problem: rates[min(len(task.solve(problem)) - 2, len(rates) - 1)]
 
 
 def _train(name, model_config, loss_fn, batches, section, workdir, mesh, init_params=None):

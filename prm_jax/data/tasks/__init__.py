@@ -8,22 +8,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from prm_jax.data.tasks.arithmetic import ArithmeticTask
 from prm_jax.data.tasks.base import (ANSWER_PREFIX, ERROR_KINDS, ChainTask, ErrorKind, Flawed,
                                      Verdict, split_of)
 from prm_jax.data.tasks.corpus import generate_corpus, label_solution
+from prm_jax.data.tasks.gsm8k import Gsm8kTask
 from prm_jax.data.tasks.lists import ListTask
 
-TASKS: dict[str, type[ChainTask]] = {"arithmetic": ArithmeticTask, "lists": ListTask}
+TASKS: dict[str, type] = {"arithmetic": ArithmeticTask, "lists": ListTask, "gsm8k": Gsm8kTask}
 
 
-def get_task(name: str, **knobs) -> ChainTask:
-  """The task family `name` with difficulty `knobs` (its dataclass fields)."""
+def get_task(name: str, **knobs) -> ChainTask | Gsm8kTask:
+  """The task `name` with its `knobs` (its dataclass fields; unknown ones raise)."""
   if name not in TASKS:
     raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")
+  fields = {f.name for f in dataclasses.fields(TASKS[name])}
+  unknown = sorted(set(knobs) - fields)
+  if unknown:
+    raise ValueError(f"task {name!r} has no knob(s) {unknown}; its knobs: {sorted(fields)}")
   return TASKS[name](**knobs)
 
 
 __all__ = ["ANSWER_PREFIX", "ERROR_KINDS", "TASKS", "ArithmeticTask", "ChainTask", "ErrorKind",
-           "Flawed", "ListTask", "Verdict", "generate_corpus", "get_task", "label_solution",
-           "split_of"]
+           "Flawed", "Gsm8kTask", "ListTask", "Verdict", "generate_corpus", "get_task",
+           "label_solution", "split_of"]
