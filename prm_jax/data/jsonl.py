@@ -1,0 +1,150 @@
+"""JSON-lines I/O shared by every format: line-numbered errors, `skip_bad`, atomic writes.
+
+A format supplies `parse(record: dict) -> example`, raising `ValueError(reason)` for a bad
+record; `iter_jsonl` turns that (and broken JSON) into a `DataFormatError` reading
+`"<file>:<line>: <reason>"`, or, with `skip_bad=True`, counts and reports the line instead.
+Blank lines are ignored (a trailing newline is not a record).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class DataFormatError(ValueError):
+  """A malformed input record: `str(err) == "<path>:<line>: <reason>"`."""
+
+  def __init__(self, path: str, line: int, reason: str):
+    super().__init__(f"{path}:{line}: {reason}")
+    self.path, self.line, self.reason = str(path), line, reason
+
+
+@dataclasses.dataclass
+class ReadResult:
+  """What a reader returns: the parsed examples and the lines `skip_bad` passed over."""
+
+  examples: list
+  skipped: list[DataFormatError]
+
+  def summary(self) -> str:
+    """One line for logs: counts, and the first skipped line's reason if any."""
+    text = f"read {len(self.examples)} examples, skipped {len(self.skipped)} bad lines"
+    return f"{text} (first: {self.skipped[0]})" if self.skipped else text
+
+
+def require(record: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+  """`record[key]`, or a `ValueError` naming the missing field or its wrong type."""
+  if key not in record:
+    raise ValueError(f"missing field {key!r}")
+  value = record[key]
+  # bool is an int subclass; a JSON true where a number belongs is a format error.
+  if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+    names = "/".join(k.__name__ for k in _as_tuple(kind))
+    raise ValueError(f"field {key!r} must be {names}, got {type(value).__name__}")
+  return value
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+  return kind if isinstance(kind, tuple) else (kind,)
+
+
+def require_strings(record: dict[str, Any], key: str) -> list[str]:
+  """`record[key]` as a list of strings, or a `ValueError` naming the bad item."""
+  values = require(record, key, list)
+  for i, value in enumerate(values):
+    if not isinstance(value, str):
+      raise ValueError(f"{key}[{i}] must be a string, got {type(value).__name__}")
+  return values
+
+
+def extra_fields(record: dict[str, Any], known: Iterable[str]) -> dict[str, Any]:
+  """`meta` for a parsed record: its fields outside `known`, kept under `"extra"`."""
+  known = set(known)
+  extra = {k: v for k, v in record.items() if k not in known}
+  return {"extra": extra} if extra else {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+  """A JSONL format: `parse(record) -> Trajectory` and its inverse `render`.
+
+  `parse` raises `ValueError(reason)` on a malformed record; `render` raises `ValueError`
+  when a trajectory cannot be expressed in the format (e.g. soft labels in a hard-label
+  format). `render(parse(r)) == r` for every well-formed record `r` in the format's
+  canonical layout; `meta["extra"]` carries the fields the format does not interpret.
+  """
+
+  name: str
+  parse: Callable[[dict[str, Any]], Any]
+  render: Callable[[Any], dict[str, Any]]
+
+
+def iter_jsonl(path: str | os.PathLike, parse: Callable[[dict[str, Any]], T], *,
+               skip_bad: bool = False,
+               skipped: list[DataFormatError] | None = None) -> Iterator[tuple[int, T]]:
+  """`(line_number, parse(record))` for each record of `path`, streamed from disk.
+
+  Args:
+    path: a JSON-lines file, one JSON object per line.
+    parse: record -> example; raises `ValueError(reason)` for a bad record.
+    skip_bad: report bad lines in `skipped` instead of raising `DataFormatError`.
+    skipped: list that receives the `DataFormatError` of every skipped line.
+  """
+  path = os.fspath(path)
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        yield number, parse(_load_object(line))
+      except ValueError as err:
+        error = DataFormatError(path, number, str(err))
+        if not skip_bad:
+          raise error from None
+        if skipped is not None:
+          skipped.append(error)
+
+
+def _load_object(line: str) -> dict[str, Any]:
+  try:
+    record = json.loads(line)
+  except json.JSONDecodeError as err:
+    raise ValueError(f"invalid JSON ({err.msg} at column {err.colno})") from None
+  if not isinstance(record, dict):
+    raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+  return record
+
+
+def _dumps(record: dict[str, Any]) -> str:
+  # UTF-8 stays readable, but the Unicode line separators are escaped: readers that split
+  # lines with `str.splitlines` (or JavaScript) would break a record at them.
+  text = json.dumps(record, ensure_ascii=False, allow_nan=False)
+  return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:
+  """Write records as JSON lines, atomically: `path` is replaced only once all are written.
+
+  A record that cannot be written (an exception from the iterable or from `json.dumps`)
+  leaves any existing file at `path` untouched. Returns the number of records written.
+  """
+  path = os.fspath(path)
+  folder = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".jsonl")
+  try:
+    count = 0
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      for record in records:
+        f.write(_dumps(record) + "\n")
+        count += 1
+    os.replace(tmp, path)
+    return count
+  except BaseException:
+    os.unlink(tmp)
+    raise

@@ -1,0 +1,134 @@
+"""Tokenizers with one small interface: `encode`, `decode`, `bos_id`, `eos_id`, `pad_id`,
+`vocab_size`.
+
+* `load_tokenizer(path)`: a Hugging Face tokenizer (`tokenizer.json`, read with the
+  `tokenizers` library; no transformers at run time). Special tokens come from
+  `tokenizer_config.json` / `special_tokens_map.json` next to it, as transformers reads them,
+  so `bos_id is None` exactly when transformers' `bos_token_id` is None.
+* `CharTokenizer`: one id per character of a small alphabet, for the synthetic tasks
+  (vocab < 256, fits the `tiny` model configs).
+
+`encode` never adds special tokens; callers add BOS/EOS where their format says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Protocol, Sequence
+
+import tokenizers
+
+
+class Tokenizer(Protocol):
+  """What prm_jax needs from a tokenizer. Ids are Python ints; `*_id` may be None."""
+
+  vocab_size: int
+  bos_id: int | None
+  eos_id: int | None
+  pad_id: int | None
+
+  def encode(self, text: str) -> list[int]:
+    ...
+
+  def decode(self, ids: Sequence[int]) -> str:
+    ...
+
+
+class HFTokenizer:
+  """A `tokenizers.Tokenizer` with the special tokens of its Hugging Face config."""
+
+  def __init__(self, tokenizer: tokenizers.Tokenizer, *, bos_token: str | None = None,
+               eos_token: str | None = None, pad_token: str | None = None):
+    self.tokenizer = tokenizer
+    self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    self.bos_id = self._token_id("bos_token", bos_token)
+    self.eos_id = self._token_id("eos_token", eos_token)
+    self.pad_id = self._token_id("pad_token", pad_token)
+
+  def _token_id(self, name: str, token: str | None) -> int | None:
+    if token is None:
+      return None
+    token_id = self.tokenizer.token_to_id(token)
+    if token_id is None:
+      raise ValueError(f"{name} {token!r} is not in the tokenizer's vocabulary")
+    return token_id
+
+  def encode(self, text: str) -> list[int]:
+    """Token ids of `text`, without special tokens."""
+    return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+  def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+    return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+
+def _special_token(value) -> str | None:
+  """A config's special-token entry: a string, `{"content": ...}` (AddedToken) or null."""
+  if isinstance(value, dict):
+    return value.get("content")
+  return value
+
+
+def load_tokenizer(path: str | os.PathLike) -> HFTokenizer:
+  """A Hugging Face tokenizer from a folder holding `tokenizer.json`, or that file itself.
+
+  `tokenizer_config.json` (read last, so it wins, as in transformers) and
+  `special_tokens_map.json` in the same folder name the BOS/EOS/PAD tokens; tokens they do
+  not name are None.
+  """
+  path = os.fspath(path)
+  folder, file = (path, os.path.join(path, "tokenizer.json")) if os.path.isdir(path) else (
+      os.path.dirname(path), path)
+  if not os.path.isfile(file):
+    raise FileNotFoundError(f"no tokenizer.json at {path}")
+  specials = {}
+  for name in ("special_tokens_map.json", "tokenizer_config.json"):
+    config_path = os.path.join(folder, name)
+    if os.path.isfile(config_path):
+      with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+      specials.update({key: _special_token(config[key]) for key in
+                       ("bos_token", "eos_token", "pad_token") if key in config})
+  return HFTokenizer(tokenizers.Tokenizer.from_file(file), **specials)
+
+
+# Printable ASCII and newline: everything the synthetic tasks write.
+DEFAULT_ALPHABET = "\n" + "".join(chr(c) for c in range(32, 127))
+
+
+class CharTokenizer:
+  """One id per character: `pad=0, bos=1, eos=2`, then the alphabet in order.
+
+  `encode` rejects characters outside the alphabet (silently mapping them to an unknown id
+  would hide data bugs); `decode` drops the special ids unless asked to keep them.
+  """
+
+  pad_id, bos_id, eos_id = 0, 1, 2
+  _SPECIALS = {0: "<pad>", 1: "<bos>", 2: "<eos>"}
+
+  def __init__(self, alphabet: str = DEFAULT_ALPHABET):
+    if len(set(alphabet)) != len(alphabet):
+      raise ValueError("the alphabet repeats a character")
+    self.alphabet = alphabet
+    self._ids = {char: index + len(self._SPECIALS) for index, char in enumerate(alphabet)}
+    self.vocab_size = len(self._SPECIALS) + len(alphabet)
+
+  def encode(self, text: str) -> list[int]:
+    try:
+      return [self._ids[char] for char in text]
+    except KeyError as err:
+      raise ValueError(f"character {err.args[0]!r} (at {text.index(err.args[0])} of "
+                       f"{text!r}) is not in the tokenizer's alphabet") from None
+
+  def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+    chars = []
+    for token in ids:
+      token = int(token)
+      if not 0 <= token < self.vocab_size:
+        raise ValueError(f"token id {token} is outside the vocabulary [0, {self.vocab_size})")
+      if token in self._SPECIALS:
+        if not skip_special_tokens:
+          chars.append(self._SPECIALS[token])
+      else:
+        chars.append(self.alphabet[token - len(self._SPECIALS)])
+    return "".join(chars)
