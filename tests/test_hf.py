@@ -112,7 +112,8 @@ def test_bfloat16_and_transformers4_config(tmp_path):
   hf_config["rope_theta"], hf_config["rope_scaling"] = rope["rope_theta"], None
   (tmp_path / "config.json").write_text(json.dumps(hf_config))
   config, params = hf.load_pretrained(tmp_path, dtype=jnp.bfloat16)
-  assert config.rope_theta == 500_000.0 and config.param_dtype == "bfloat16"
+  assert config.rope_theta == 500_000.0
+  assert config.param_dtype == config.dtype == "bfloat16"
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
 
 

@@ -222,7 +222,7 @@ def load_gguf(path: str | os.PathLike, dtype=jnp.float32, *, mesh=None,
 
   Args:
     path: the `.gguf` file.
-    dtype: parameter dtype after dequantisation (fp32 by default).
+    dtype: parameter and compute dtype after dequantisation (fp32 by default).
     mesh, rules, seed, **overrides: as `hf.load_pretrained` (the PRM head is fresh from `seed`).
   Returns:
     `(ModelConfig, params, (tokenizers.Tokenizer, info))` -- see `tokenizer_from_gguf`.
@@ -233,7 +233,7 @@ def load_gguf(path: str | os.PathLike, dtype=jnp.float32, *, mesh=None,
   except (OSError, ValueError) as error:
     raise hf.CheckpointError(f"{path} is not a readable GGUF file: {error}") from None
   config, _ = hf.config_from_hf(hf_config_from_gguf(reader),
-                                param_dtype=jnp.dtype(dtype).name, **overrides)
+                                **hf.dtype_fields(dtype, overrides))
   source = GGUFSource(path, reader, config)
   source.check_types(dict.fromkeys(spec.name.format(layer=i) for spec in
                                    hf.tensor_specs(config).values()

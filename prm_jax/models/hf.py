@@ -388,13 +388,20 @@ def load_params(config: ModelConfig, source: TensorSource, *, optional=("prm_hea
   return traverse_util.unflatten_dict(params)
 
 
+def dtype_fields(dtype, overrides: dict) -> dict:
+  """`overrides` with parameter and compute dtype defaulting to `dtype`."""
+  name = jnp.dtype(dtype).name
+  return {"param_dtype": name, "dtype": name, **overrides}
+
+
 def load_pretrained(path: Path, dtype=jnp.float32, *, mesh=None, rules=parallel.LOGICAL_AXIS_RULES,
                     seed: int = 0, **overrides) -> tuple[ModelConfig, dict]:
   """Load a Llama / Qwen2 HF checkpoint folder (`*ForCausalLM` or `*ForTokenClassification`).
 
   Args:
     path: folder with `config.json` and `model.safetensors` or `model.safetensors.index.json`.
-    dtype: parameter dtype (`ModelConfig.param_dtype`); fp32 by default whatever the file holds.
+    dtype: parameter and compute dtype (`ModelConfig.param_dtype`, `.dtype`; either can be
+      overridden alone); fp32 by default whatever the file holds.
     mesh: place every leaf directly onto its `parallel.param_shardings` (None: one device).
     rules: logical-axis rule table for `mesh`.
     seed: initialises the heads the checkpoint lacks (see module docstring).
@@ -407,7 +414,7 @@ def load_pretrained(path: Path, dtype=jnp.float32, *, mesh=None, rules=parallel.
   with contextlib.ExitStack() as stack:
     source = SafetensorsSource(folder, stack)
     overrides.setdefault("value_head", source.shape("v_head.summary.weight") is not None)
-    config, head = config_from_hf(hf_config, param_dtype=jnp.dtype(dtype).name, **overrides)
+    config, head = config_from_hf(hf_config, **dtype_fields(dtype, overrides))
     # Base-model checkpoints (`LlamaModel`) name tensors without the `model.` prefix.
     prefix = "model." if source.shape("model.embed_tokens.weight") is not None else ""
     optional = ("prm_head", "value_head") + (("lm_head",) if head == "prm" else ())
