@@ -193,7 +193,9 @@ def _sample(config: ModelConfig, sampling: SamplingConfig, params, input_ids, at
   """Prefill the prompts `[M, T]`, then decode R rows (see module docstring)."""
   prompts, length = input_ids.shape
   rows, steps = sources.shape[0], sampling.max_new_tokens
-  cache = models.init_cache(config, prompts, length + steps)
+  # The barrier keeps XLA from constant-folding attention over the empty cache (seconds
+  # of compile time for nothing).
+  cache = jax.lax.optimization_barrier(models.init_cache(config, prompts, length + steps))
   cache = models.forward(config, params, input_ids, attention_mask=attention_mask, cache=cache,
                          lm_logits="none")["cache"]
   # Rows copy their prompt's cache; slots past the prefix (left padding: the prefix ends
