@@ -28,6 +28,7 @@ import tokenizers
 from tokenizers import decoders, models as bpe_models, pre_tokenizers, processors
 
 from prm_jax import parallel
+from prm_jax.data.tokenizer import HFTokenizer
 from prm_jax.models import hf
 from prm_jax.models.config import ModelConfig
 
@@ -171,10 +172,12 @@ PRE_TOKENIZERS = {
 CONTROL, USER_DEFINED = 3, 4  # llama.cpp token types.
 
 
-def tokenizer_from_gguf(reader: gguf.GGUFReader, path: str = "") -> tuple[tokenizers.Tokenizer,
-                                                                          dict]:
-  """`(tokenizers.Tokenizer, info)` from GGUF metadata; `info` holds `bos_token`,
-  `eos_token`, `pad_token` (strings or None) and `chat_template` (str or None)."""
+def tokenizer_from_gguf(reader: gguf.GGUFReader, path: str = "") -> HFTokenizer:
+  """The tokenizer the GGUF metadata describes, with its special tokens and chat template.
+
+  `.tokenizer` is the `tokenizers.Tokenizer` (its post-processor adds BOS/EOS when the file
+  says llama.cpp does); `encode` adds no special tokens.
+  """
   kind = _field(reader, "tokenizer.ggml.model")
   if kind is None:
     raise hf.CheckpointError(f"{path}: no tokenizer in this GGUF file (tokenizer.ggml.model)")
@@ -201,16 +204,16 @@ def tokenizer_from_gguf(reader: gguf.GGUFReader, path: str = "") -> tuple[tokeni
     token_id = _field(reader, f"tokenizer.ggml.{key}_token_id")
     return None if token_id is None else tokens[int(token_id)]
 
-  info = {"bos_token": special("bos"), "eos_token": special("eos"),
-          "pad_token": special("padding"), "chat_template": _field(reader, "tokenizer.chat_template")}
-  added = [(info[f"{name}_token"], _field(reader, f"tokenizer.ggml.add_{name}_token", False))
-           for name in ("bos", "eos")]
-  if any(flag and token for token, flag in added):
-    (bos, add_bos), (eos, add_eos) = added
-    single = " ".join([f"{bos}:0"] * bool(add_bos) + ["$A:0"] + [f"{eos}:0"] * bool(add_eos))
+  bos, eos = special("bos"), special("eos")
+  add_bos = bos is not None and bool(_field(reader, "tokenizer.ggml.add_bos_token", False))
+  add_eos = eos is not None and bool(_field(reader, "tokenizer.ggml.add_eos_token", False))
+  if add_bos or add_eos:
+    pieces = [f"{bos}:0"] * add_bos + ["$A:0"] + [f"{eos}:0"] * add_eos
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=single, special_tokens=[(t, tokens.index(t)) for t, flag in added if flag and t])
-  return tokenizer, info
+        single=" ".join(pieces), special_tokens=[
+            (token, tokens.index(token)) for token, on in ((bos, add_bos), (eos, add_eos)) if on])
+  return HFTokenizer(tokenizer, bos_token=bos, eos_token=eos, pad_token=special("padding"),
+                     chat_template=_field(reader, "tokenizer.chat_template"))
 
 
 # ----------------------------------------------------------------------------- loading
@@ -225,7 +228,7 @@ def load_gguf(path: str | os.PathLike, dtype=jnp.float32, *, mesh=None,
     dtype: parameter and compute dtype after dequantisation (fp32 by default).
     mesh, rules, seed, **overrides: as `hf.load_pretrained` (the PRM head is fresh from `seed`).
   Returns:
-    `(ModelConfig, params, (tokenizers.Tokenizer, info))` -- see `tokenizer_from_gguf`.
+    `(ModelConfig, params, HFTokenizer)` -- see `tokenizer_from_gguf`.
   """
   path = os.fspath(path)
   try:
