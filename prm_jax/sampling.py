@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prm_jax import models, parallel
+from prm_jax.kernels import token_stats
 from prm_jax.models.config import ModelConfig
 from prm_jax.models.transformer import constrain
 
@@ -112,21 +113,6 @@ OUTPUT_NAMES = ("tokens", "lengths", "stopped") + STAT_NAMES
 # ----------------------------------------------------------------------------- choosing
 
 
-def token_statistics(logits: jax.Array, tokens: jax.Array) -> dict:
-  """Statistics of `softmax(logits)` `[R, V]` (fp32) at the chosen `tokens` `[R]`."""
-  logits = logits.astype(jnp.float32)
-  log_z = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
-  log_p = logits - log_z
-  # The barrier keeps XLA:CPU's fast top-k kernel: slicing top_k's outputs otherwise turns
-  # it into a full sort of the vocabulary (~100x slower, most of a decode step).
-  top_values, top_ids = jax.lax.optimization_barrier(jax.lax.top_k(logits, 2))
-  top_probs = jnp.exp(top_values - log_z)
-  return {"logprobs": jnp.take_along_axis(log_p, tokens[:, None], axis=-1)[:, 0],
-          "entropy": -jnp.sum(jnp.exp(log_p) * log_p, axis=-1),
-          "top1": top_ids[:, 0], "top1_prob": top_probs[:, 0],
-          "top2": top_ids[:, 1], "top2_prob": top_probs[:, 1]}
-
-
 def _nucleus(logits: jax.Array, top_p: float, iterations: int = 32) -> jax.Array:
   """Mask (-inf) all but the smallest set of most likely tokens with probability >= `top_p`.
 
@@ -166,7 +152,9 @@ def choose_tokens(sampling: SamplingConfig, logits: jax.Array, keys: jax.Array) 
   logits = logits / sampling.temperature
   ids = None
   if sampling.top_k is not None:
-    logits, ids = jax.lax.optimization_barrier(  # Barrier: see `token_statistics`.
+    # The barrier keeps XLA:CPU's fast top-k kernel: slicing or gathering from top_k's
+    # outputs otherwise turns it into a full sort of the vocabulary (~100x slower).
+    logits, ids = jax.lax.optimization_barrier(
         jax.lax.top_k(logits, min(sampling.top_k, logits.shape[-1])))
   if sampling.top_p is not None:
     logits = _nucleus(logits, sampling.top_p)
@@ -186,7 +174,8 @@ def _decode_step(config: ModelConfig, sampling: SamplingConfig, params, state: D
   logits = out["logits"][:, 0]
   step_keys = jax.vmap(jax.random.fold_in, (0, None))(state.keys, state.step)
   tokens = choose_tokens(sampling, logits, step_keys)
-  stats = token_statistics(logits, tokens)
+  stats = token_stats(logits, tokens)
+  stats["logprobs"] = stats.pop("logprob")
   live = ~state.stopped
   tokens = jnp.where(live, tokens, sampling.pad_id)
   stopped = state.stopped | jnp.isin(tokens, jnp.asarray(sampling.stop_tokens, jnp.int32))
