@@ -13,6 +13,7 @@ prm_jax keeps `[in, ...out]` kernels with the heads split out and layers stacked
     lm_head.weight [V, D] (untied only)                 <->  lm_head [D, V]
     score.{weight [C, D], bias [C]} (*ForTokenClassification)  <->  prm_head/{kernel, bias}
     v_head.summary.{weight [1, D], bias [1]} (TRL value head)   <->  value_head/{kernel, bias}
+      (or a scalar prm_head, for a value-head PRM: `load_pretrained(value_head_as_prm=True)`)
 
 `tensor_specs` states this once (`TensorSpec`: the HF name and which of our dimensions each HF
 axis holds); loading and saving both read that one table, so they cannot disagree.
@@ -192,8 +193,13 @@ class TensorSpec:
     return np.ascontiguousarray(x.transpose(order).reshape(self.hf_shape(x.shape)))
 
 
-def tensor_specs(config: ModelConfig, prefix: str = "model.") -> dict[tuple[str, ...], TensorSpec]:
-  """Flattened param path -> `TensorSpec`, for every leaf `config`'s params can have."""
+def tensor_specs(config: ModelConfig, prefix: str = "model.", prm_tensor: str = "score"
+                 ) -> dict[tuple[str, ...], TensorSpec]:
+  """Flattened param path -> `TensorSpec`, for every leaf `config`'s params can have.
+
+  `prm_tensor` names the PRM head's HF tensors (`score` of token classification, or
+  `v_head.summary` for a value-head PRM).
+  """
   layer = f"{prefix}layers.{{layer}}."
   linear = ((1,), (0,))  # torch `[out, in]` <-> our `[in, out]`.
   specs = {
@@ -204,8 +210,8 @@ def tensor_specs(config: ModelConfig, prefix: str = "model.") -> dict[tuple[str,
                                                   ((0,),)),
       ("layers", "attn", "o_kernel"): TensorSpec(layer + "self_attn.o_proj.weight", ((2,), (0, 1))),
       ("lm_head",): TensorSpec("lm_head.weight", linear),
-      ("prm_head", "kernel"): TensorSpec("score.weight", linear),
-      ("prm_head", "bias"): TensorSpec("score.bias", ((0,),)),
+      ("prm_head", "kernel"): TensorSpec(f"{prm_tensor}.weight", linear),
+      ("prm_head", "bias"): TensorSpec(f"{prm_tensor}.bias", ((0,),)),
       ("value_head", "kernel"): TensorSpec("v_head.summary.weight", linear),
       ("value_head", "bias"): TensorSpec("v_head.summary.bias", ((0,),)),
   }
@@ -339,13 +345,13 @@ def _fresh_leaf(config: ModelConfig, path, shape, dtype, sharding, seed: int):
 
 
 def load_params(config: ModelConfig, source: TensorSource, *, optional=("prm_head", "value_head"),
-                prefix: str = "model.", mesh=None, rules=parallel.LOGICAL_AXIS_RULES,
-                seed: int = 0) -> dict:
+                prefix: str = "model.", prm_tensor: str = "score", mesh=None,
+                rules=parallel.LOGICAL_AXIS_RULES, seed: int = 0) -> dict:
   """The parameter tree of `config` from `source`, placed on `mesh` (None: default device).
 
   Leaves under the top-level names in `optional` are freshly initialised when `source` lacks
   them; any other missing tensor, or a tensor of the wrong shape, raises `CheckpointError`
-  listing every such problem.
+  listing every such problem. `prefix`, `prm_tensor`: see `tensor_specs`.
   """
   abstract = traverse_util.flatten_dict(abstract_params(config))
   if mesh is None:
@@ -353,7 +359,7 @@ def load_params(config: ModelConfig, source: TensorSource, *, optional=("prm_hea
     shardings = {path: device for path in abstract}
   else:
     shardings = traverse_util.flatten_dict(parallel.param_shardings(config, mesh, rules))
-  specs = tensor_specs(config, prefix)
+  specs = tensor_specs(config, prefix, prm_tensor)
 
   problems, present = [], {}
   for path, leaf in abstract.items():
@@ -395,7 +401,8 @@ def dtype_fields(dtype, overrides: dict) -> dict:
 
 
 def load_pretrained(path: Path, dtype=jnp.float32, *, mesh=None, rules=parallel.LOGICAL_AXIS_RULES,
-                    seed: int = 0, **overrides) -> tuple[ModelConfig, dict]:
+                    seed: int = 0, value_head_as_prm: bool = False, **overrides
+                    ) -> tuple[ModelConfig, dict]:
   """Load a Llama / Qwen2 HF checkpoint folder (`*ForCausalLM` or `*ForTokenClassification`).
 
   Args:
@@ -405,21 +412,29 @@ def load_pretrained(path: Path, dtype=jnp.float32, *, mesh=None, rules=parallel.
     mesh: place every leaf directly onto its `parallel.param_shardings` (None: one device).
     rules: logical-axis rule table for `mesh`.
     seed: initialises the heads the checkpoint lacks (see module docstring).
+    value_head_as_prm: the checkpoint is a value-head PRM (one sigmoid logit per token, read
+      at step ends): its TRL value head `v_head.summary` becomes a scalar `prm_head`.
     **overrides: any `ModelConfig` field (e.g. `max_seq_len`, `dtype`, `prm_head`, `remat`).
   Returns:
-    `(config, params)`; `config.value_head` is set when the checkpoint has a TRL value head.
+    `(config, params)`; `config.value_head` is set when the checkpoint has a TRL value head
+    (and `value_head_as_prm` is False).
   """
   folder = pathlib.Path(path)
   hf_config = _read_json(folder / "config.json")
   with contextlib.ExitStack() as stack:
     source = SafetensorsSource(folder, stack)
-    overrides.setdefault("value_head", source.shape("v_head.summary.weight") is not None)
+    has_value_head = source.shape("v_head.summary.weight") is not None
+    if value_head_as_prm:
+      overrides.setdefault("prm_head", "scalar")
+    overrides.setdefault("value_head", has_value_head and not value_head_as_prm)
     config, head = config_from_hf(hf_config, **dtype_fields(dtype, overrides))
     # Base-model checkpoints (`LlamaModel`) name tensors without the `model.` prefix.
     prefix = "model." if source.shape("model.embed_tokens.weight") is not None else ""
-    optional = ("prm_head", "value_head") + (("lm_head",) if head == "prm" else ())
-    params = load_params(config, source, optional=optional, prefix=prefix, mesh=mesh,
-                         rules=rules, seed=seed)
+    optional = ("value_head",) + (("lm_head",) if head == "prm" else ())
+    optional += () if value_head_as_prm else ("prm_head",)
+    params = load_params(config, source, optional=optional, prefix=prefix,
+                         prm_tensor="v_head.summary" if value_head_as_prm else "score",
+                         mesh=mesh, rules=rules, seed=seed)
   return config, params
 
 
