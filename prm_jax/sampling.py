@@ -290,7 +290,8 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
       (1 .. its real length): a step boundary of a trajectory, or all of a prompt.
     max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id: see `SamplingConfig`.
     next_tokens: `[R]` int, a token appended to each prefix before sampling (-1: none).
-    rng: one PRNG key, or `[R]` keys (one per row; see module docstring). Typed or raw.
+    rng: one PRNG key, or `[R]` keys (one per row; see module docstring); typed or raw
+      (uint32) threefry keys. Default `jax.random.key(0)`.
     length_bucket: T is left-padded up to a multiple of this, so that prompts of nearby
       lengths reuse one compiled program.
     mesh: run data-parallel (rows over `batch`'s mesh axes) and tensor-parallel on it;
