@@ -6,7 +6,8 @@
 
 One jitted call per batch: a prefill of the (left-padded) prompts into an explicit KV cache,
 then a single `lax.while_loop` of one-token decode steps over the `DecodeState` pytree. The
-static `SamplingConfig` (like `ModelConfig`) is closed over, so shapes and flags never retrace.
+static `SamplingConfig` (like `ModelConfig`) is closed over: one compiled program serves
+every call with the same shapes and settings.
 
 Rows and prefixes. Every output row continues a *prefix*: the first `prefix_lengths[r]` real
 tokens of prompt `sources[r]`. The prompts are prefilled once; rows copy their prompt's cache
@@ -42,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prm_jax import models, parallel
+from prm_jax.kernels import token_stats
 from prm_jax.models.config import ModelConfig
 from prm_jax.models.transformer import constrain
 
@@ -112,24 +114,24 @@ OUTPUT_NAMES = ("tokens", "lengths", "stopped") + STAT_NAMES
 # ----------------------------------------------------------------------------- choosing
 
 
-def token_statistics(logits: jax.Array, tokens: jax.Array) -> dict:
-  """Statistics of `softmax(logits)` `[R, V]` (fp32) at the chosen `tokens` `[R]`."""
-  logits = logits.astype(jnp.float32)
-  log_z = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
-  log_p = logits - log_z
-  top_values, top_ids = jax.lax.top_k(logits, 2)
-  top_probs = jnp.exp(top_values - log_z)
-  return {"logprobs": jnp.take_along_axis(log_p, tokens[:, None], axis=-1)[:, 0],
-          "entropy": -jnp.sum(jnp.exp(log_p) * log_p, axis=-1),
-          "top1": top_ids[:, 0], "top1_prob": top_probs[:, 0],
-          "top2": top_ids[:, 1], "top2_prob": top_probs[:, 1]}
+def _nucleus(logits: jax.Array, top_p: float, iterations: int = 32) -> jax.Array:
+  """Mask (-inf) all but the smallest set of most likely tokens with probability >= `top_p`.
 
+  Bisects the probability threshold `tau` (the set is `p >= tau`, ties at the boundary kept)
+  instead of sorting the vocabulary: XLA:CPU sorts 50k logits in tens of milliseconds per
+  row batch, while each bisection step is one masked sum. `logits` `[R, K]`, any order.
+  """
+  probs = jax.nn.softmax(logits, axis=-1)
 
-def _nucleus(sorted_logits: jax.Array, top_p: float) -> jax.Array:
-  """Mask (-inf) the tail of descending `sorted_logits` `[R, K]` beyond probability `top_p`."""
-  probs = jax.nn.softmax(sorted_logits, axis=-1)
-  before = jnp.cumsum(probs, axis=-1) - probs  # Mass strictly before each token.
-  return jnp.where(before < top_p, sorted_logits, -jnp.inf)
+  def bisect(_, bounds):
+    low, high = bounds  # Invariant: mass(p >= low) >= top_p.
+    mid = (low + high) / 2
+    enough = jnp.sum(jnp.where(probs >= mid, probs, 0), axis=-1, keepdims=True) >= top_p
+    return jnp.where(enough, mid, low), jnp.where(enough, high, mid)
+
+  start = (jnp.zeros_like(probs[:, :1]), jnp.max(probs, axis=-1, keepdims=True))
+  low, _ = jax.lax.fori_loop(0, iterations, bisect, start)
+  return jnp.where(probs >= low, logits, -jnp.inf)
 
 
 def _inverse_cdf(keys: jax.Array, logits: jax.Array) -> jax.Array:
@@ -149,16 +151,17 @@ def choose_tokens(sampling: SamplingConfig, logits: jax.Array, keys: jax.Array) 
   if sampling.temperature == 0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   logits = logits / sampling.temperature
-  if sampling.top_k is None and sampling.top_p is None:
-    return _inverse_cdf(keys, logits)
+  ids = None
   if sampling.top_k is not None:
-    candidates, ids = jax.lax.top_k(logits, min(sampling.top_k, logits.shape[-1]))
-  else:
-    ids = jnp.argsort(-logits, axis=-1)
-    candidates = jnp.take_along_axis(logits, ids, axis=-1)
+    # The barrier keeps XLA:CPU's fast top-k kernel: slicing or gathering from top_k's
+    # outputs otherwise turns it into a full sort of the vocabulary (~100x slower).
+    logits, ids = jax.lax.optimization_barrier(
+        jax.lax.top_k(logits, min(sampling.top_k, logits.shape[-1])))
   if sampling.top_p is not None:
-    candidates = _nucleus(candidates, sampling.top_p)
-  choice = _inverse_cdf(keys, candidates)
+    logits = _nucleus(logits, sampling.top_p)
+  choice = _inverse_cdf(keys, logits)
+  if ids is None:
+    return choice
   return jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
@@ -172,12 +175,13 @@ def _decode_step(config: ModelConfig, sampling: SamplingConfig, params, state: D
   logits = out["logits"][:, 0]
   step_keys = jax.vmap(jax.random.fold_in, (0, None))(state.keys, state.step)
   tokens = choose_tokens(sampling, logits, step_keys)
-  stats = token_statistics(logits, tokens)
+  stats = token_stats(logits, tokens)
+  stats["logprobs"] = stats.pop("logprob")
   live = ~state.stopped
   tokens = jnp.where(live, tokens, sampling.pad_id)
   stopped = state.stopped | jnp.isin(tokens, jnp.asarray(sampling.stop_tokens, jnp.int32))
 
-  def write(buffer, value):  # Rows that had already stopped write padding (tokens) or 0.
+  def write(buffer, value):  # Rows that had already stopped write 0.
     column = jnp.where(live, value, 0).astype(buffer.dtype)[:, None]
     return jax.lax.dynamic_update_slice_in_dim(buffer, column, state.step, axis=1)
 
@@ -193,7 +197,9 @@ def _sample(config: ModelConfig, sampling: SamplingConfig, params, input_ids, at
   """Prefill the prompts `[M, T]`, then decode R rows (see module docstring)."""
   prompts, length = input_ids.shape
   rows, steps = sources.shape[0], sampling.max_new_tokens
-  cache = models.init_cache(config, prompts, length + steps)
+  # The barrier keeps XLA from constant-folding attention over the empty cache (seconds
+  # of compile time for nothing).
+  cache = jax.lax.optimization_barrier(models.init_cache(config, prompts, length + steps))
   cache = models.forward(config, params, input_ids, attention_mask=attention_mask, cache=cache,
                          lm_logits="none")["cache"]
   # Rows copy their prompt's cache; slots past the prefix (left padding: the prefix ends
@@ -284,7 +290,8 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
       (1 .. its real length): a step boundary of a trajectory, or all of a prompt.
     max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id: see `SamplingConfig`.
     next_tokens: `[R]` int, a token appended to each prefix before sampling (-1: none).
-    rng: one PRNG key, or `[R]` keys (one per row; see module docstring). Typed or raw.
+    rng: one PRNG key, or `[R]` keys (one per row; see module docstring); typed or raw
+      (uint32) threefry keys. Default `jax.random.key(0)`.
     length_bucket: T is left-padded up to a multiple of this, so that prompts of nearby
       lengths reuse one compiled program.
     mesh: run data-parallel (rows over `batch`'s mesh axes) and tensor-parallel on it;
@@ -315,6 +322,8 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
                      f"next_tokens {next_tokens.shape} must all be [rows]")
   if np.any((sources < 0) | (sources >= input_ids.shape[0])):
     raise ValueError(f"sources must index the {input_ids.shape[0]} prompts")
+  if np.any(next_tokens >= config.vocab_size):
+    raise ValueError(f"next_tokens must be -1 or token ids < vocab_size={config.vocab_size}")
   real = mask.sum(-1)[sources]
   bad = np.flatnonzero((prefix_lengths < 1) | (prefix_lengths > real))
   if bad.size:

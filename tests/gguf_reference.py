@@ -112,7 +112,8 @@ def write_gguf(path, model, tokenizer: tokenizers.Tokenizer, qtype=Q.F32, *, pre
     writer.add_chat_template(chat_template)
   for key, value in (metadata or {}).items():
     writer.kv_data[0].pop(key, None)
-    (writer.add_string if isinstance(value, str) else writer.add_uint32)(key, value)
+    add = {str: writer.add_string, bool: writer.add_bool, int: writer.add_uint32}[type(value)]
+    add(key, value)
 
   for hf_name, tensor in model.state_dict().items():
     name = _gguf_name(hf_name)

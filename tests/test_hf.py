@@ -104,6 +104,25 @@ def test_missing_heads_are_fresh_and_seeded(tmp_path):
   np.testing.assert_allclose(np.std(params["lm_head"]), config.init_std, rtol=0.1)
 
 
+def test_trl_value_head_loads_as_value_head_or_as_scalar_prm_head(tmp_path):
+  tiny_hf_model("llama_gqa_untied").save_pretrained(tmp_path)
+  tensors = load_file(tmp_path / hf.SINGLE_FILE)
+  rng = np.random.default_rng(0)
+  weight, bias = rng.normal(size=(1, 48)).astype(np.float32), np.array([0.3], np.float32)
+  save_file(dict(tensors, **{"v_head.summary.weight": weight, "v_head.summary.bias": bias}),
+            tmp_path / hf.SINGLE_FILE)
+  config, params = hf.load_pretrained(tmp_path)
+  assert config.value_head and config.prm_head == "two_class"
+  np.testing.assert_array_equal(params["value_head"]["kernel"], weight.T)
+  config, params = hf.load_pretrained(tmp_path, value_head_as_prm=True)
+  assert config.prm_head == "scalar" and not config.value_head
+  np.testing.assert_array_equal(params["prm_head"]["kernel"], weight.T)
+  np.testing.assert_array_equal(params["prm_head"]["bias"], bias)
+  with pytest.raises(hf.CheckpointError, match="missing tensor v_head.summary.weight"):
+    save_file(tensors, tmp_path / hf.SINGLE_FILE)
+    hf.load_pretrained(tmp_path, value_head_as_prm=True)
+
+
 def test_bfloat16_and_transformers4_config(tmp_path):
   model = tiny_hf_model("llama_mha_tied")
   model.save_pretrained(tmp_path)
@@ -112,7 +131,8 @@ def test_bfloat16_and_transformers4_config(tmp_path):
   hf_config["rope_theta"], hf_config["rope_scaling"] = rope["rope_theta"], None
   (tmp_path / "config.json").write_text(json.dumps(hf_config))
   config, params = hf.load_pretrained(tmp_path, dtype=jnp.bfloat16)
-  assert config.rope_theta == 500_000.0 and config.param_dtype == "bfloat16"
+  assert config.rope_theta == 500_000.0
+  assert config.param_dtype == config.dtype == "bfloat16"
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
 
 

@@ -36,11 +36,14 @@ class Tokenizer(Protocol):
 
 
 class HFTokenizer:
-  """A `tokenizers.Tokenizer` with the special tokens of its Hugging Face config."""
+  """A `tokenizers.Tokenizer` with the special tokens (and chat template, a jinja2 string
+  rendered by `prm_jax.data.chat`) of its Hugging Face config."""
 
   def __init__(self, tokenizer: tokenizers.Tokenizer, *, bos_token: str | None = None,
-               eos_token: str | None = None, pad_token: str | None = None):
+               eos_token: str | None = None, pad_token: str | None = None,
+               chat_template: str | None = None):
     self.tokenizer = tokenizer
+    self.chat_template = chat_template
     self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     self.bos_id = self._token_id("bos_token", bos_token)
     self.eos_id = self._token_id("eos_token", eos_token)
@@ -74,7 +77,8 @@ def load_tokenizer(path: str | os.PathLike) -> HFTokenizer:
 
   `tokenizer_config.json` (read last, so it wins, as in transformers) and
   `special_tokens_map.json` in the same folder name the BOS/EOS/PAD tokens; tokens they do
-  not name are None.
+  not name are None. The chat template is `chat_template.jinja` (transformers 5) or the
+  `chat_template` of `tokenizer_config.json`.
   """
   path = os.fspath(path)
   folder, file = (path, os.path.join(path, "tokenizer.json")) if os.path.isdir(path) else (
@@ -89,7 +93,20 @@ def load_tokenizer(path: str | os.PathLike) -> HFTokenizer:
         config = json.load(f)
       specials.update({key: _special_token(config[key]) for key in
                        ("bos_token", "eos_token", "pad_token") if key in config})
+      if config.get("chat_template"):
+        specials["chat_template"] = _default_template(config["chat_template"])
+  template_path = os.path.join(folder, "chat_template.jinja")
+  if os.path.isfile(template_path):
+    with open(template_path, encoding="utf-8") as f:
+      specials["chat_template"] = f.read()
   return HFTokenizer(tokenizers.Tokenizer.from_file(file), **specials)
+
+
+def _default_template(value) -> str:
+  """A config's `chat_template`: one string, or named templates `[{"name", "template"}]`."""
+  if isinstance(value, str):
+    return value
+  return {entry["name"]: entry["template"] for entry in value}["default"]
 
 
 # Printable ASCII and newline: everything the synthetic tasks write.

@@ -14,7 +14,8 @@ row it was moved to. Qwen2 files use the NEOX (rotate-half) layout and are not p
 
 The tokenizer is rebuilt from the metadata (`tokenizer.ggml.*`) as a `tokenizers.Tokenizer`
 (byte-level BPE with the pre-tokenizer `tokenizer.ggml.pre` names), so it encodes like the
-model's Hugging Face `tokenizer.json`.
+model's Hugging Face `tokenizer.json` -- for SmolLM2 including its `Digits` split, which
+transformers' own GGUF tokenizer conversion leaves out (it merges " ½" into "ĠÂ" + "½").
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import tokenizers
 from tokenizers import decoders, models as bpe_models, pre_tokenizers, processors
 
 from prm_jax import parallel
+from prm_jax.data.tokenizer import HFTokenizer
 from prm_jax.models import hf
 from prm_jax.models.config import ModelConfig
 
@@ -46,7 +48,8 @@ _LAYER_NAMES = {
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
-    **{f"attn_{n}.{kind}": f"self_attn.{n}_proj.{kind}" for n in "qkv" for kind in ("weight", "bias")},
+    **{f"attn_{n}.{kind}": f"self_attn.{n}_proj.{kind}"
+       for n in "qkv" for kind in ("weight", "bias")},
 }
 
 
@@ -171,10 +174,12 @@ PRE_TOKENIZERS = {
 CONTROL, USER_DEFINED = 3, 4  # llama.cpp token types.
 
 
-def tokenizer_from_gguf(reader: gguf.GGUFReader, path: str = "") -> tuple[tokenizers.Tokenizer,
-                                                                          dict]:
-  """`(tokenizers.Tokenizer, info)` from GGUF metadata; `info` holds `bos_token`,
-  `eos_token`, `pad_token` (strings or None) and `chat_template` (str or None)."""
+def tokenizer_from_gguf(reader: gguf.GGUFReader, path: str = "") -> HFTokenizer:
+  """The tokenizer the GGUF metadata describes, with its special tokens and chat template.
+
+  `.tokenizer` is the `tokenizers.Tokenizer` (its post-processor adds BOS/EOS when the file
+  says llama.cpp does); `encode` adds no special tokens.
+  """
   kind = _field(reader, "tokenizer.ggml.model")
   if kind is None:
     raise hf.CheckpointError(f"{path}: no tokenizer in this GGUF file (tokenizer.ggml.model)")
@@ -201,16 +206,16 @@ def tokenizer_from_gguf(reader: gguf.GGUFReader, path: str = "") -> tuple[tokeni
     token_id = _field(reader, f"tokenizer.ggml.{key}_token_id")
     return None if token_id is None else tokens[int(token_id)]
 
-  info = {"bos_token": special("bos"), "eos_token": special("eos"),
-          "pad_token": special("padding"), "chat_template": _field(reader, "tokenizer.chat_template")}
-  added = [(info[f"{name}_token"], _field(reader, f"tokenizer.ggml.add_{name}_token", False))
-           for name in ("bos", "eos")]
-  if any(flag and token for token, flag in added):
-    (bos, add_bos), (eos, add_eos) = added
-    single = " ".join([f"{bos}:0"] * bool(add_bos) + ["$A:0"] + [f"{eos}:0"] * bool(add_eos))
+  bos, eos = special("bos"), special("eos")
+  add_bos = bos is not None and bool(_field(reader, "tokenizer.ggml.add_bos_token", False))
+  add_eos = eos is not None and bool(_field(reader, "tokenizer.ggml.add_eos_token", False))
+  if add_bos or add_eos:
+    pieces = [f"{bos}:0"] * add_bos + ["$A:0"] + [f"{eos}:0"] * add_eos
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=single, special_tokens=[(t, tokens.index(t)) for t, flag in added if flag and t])
-  return tokenizer, info
+        single=" ".join(pieces), special_tokens=[
+            (token, tokens.index(token)) for token, on in ((bos, add_bos), (eos, add_eos)) if on])
+  return HFTokenizer(tokenizer, bos_token=bos, eos_token=eos, pad_token=special("padding"),
+                     chat_template=_field(reader, "tokenizer.chat_template"))
 
 
 # ----------------------------------------------------------------------------- loading
@@ -222,10 +227,10 @@ def load_gguf(path: str | os.PathLike, dtype=jnp.float32, *, mesh=None,
 
   Args:
     path: the `.gguf` file.
-    dtype: parameter dtype after dequantisation (fp32 by default).
+    dtype: parameter and compute dtype after dequantisation (fp32 by default).
     mesh, rules, seed, **overrides: as `hf.load_pretrained` (the PRM head is fresh from `seed`).
   Returns:
-    `(ModelConfig, params, (tokenizers.Tokenizer, info))` -- see `tokenizer_from_gguf`.
+    `(ModelConfig, params, HFTokenizer)` -- see `tokenizer_from_gguf`.
   """
   path = os.fspath(path)
   try:
@@ -233,7 +238,7 @@ def load_gguf(path: str | os.PathLike, dtype=jnp.float32, *, mesh=None,
   except (OSError, ValueError) as error:
     raise hf.CheckpointError(f"{path} is not a readable GGUF file: {error}") from None
   config, _ = hf.config_from_hf(hf_config_from_gguf(reader),
-                                param_dtype=jnp.dtype(dtype).name, **overrides)
+                                **hf.dtype_fields(dtype, overrides))
   source = GGUFSource(path, reader, config)
   source.check_types(dict.fromkeys(spec.name.format(layer=i) for spec in
                                    hf.tensor_specs(config).values()

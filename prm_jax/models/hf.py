@@ -1,8 +1,8 @@
-"""Hugging Face checkpoints in and out: Llama / Qwen2 safetensors folders <-> `(ModelConfig, params)`.
+"""Hugging Face checkpoints in and out: Llama / Qwen2 safetensors <-> `(ModelConfig, params)`.
 
-    config, params = load_pretrained("ckpt/Qwen2.5-0.5B")                       # fp32, one device
-    config, params = load_pretrained(path, mesh=parallel.make_mesh(tensor=2))  # straight into shards
-    save_pretrained(config, params, "out/")                    # transformers.from_pretrained loads it
+    config, params = load_pretrained("ckpt/Qwen2.5-0.5B")         # fp32, one device
+    config, params = load_pretrained(path, mesh=parallel.make_mesh(tensor=2))  # into shards
+    save_pretrained(config, params, "out/")          # transformers' from_pretrained loads it
 
 Layout. HF keeps every projection as a torch `Linear` weight `[out, in]`, one tensor per layer;
 prm_jax keeps `[in, ...out]` kernels with the heads split out and layers stacked on `[L]`:
@@ -13,14 +13,15 @@ prm_jax keeps `[in, ...out]` kernels with the heads split out and layers stacked
     lm_head.weight [V, D] (untied only)                 <->  lm_head [D, V]
     score.{weight [C, D], bias [C]} (*ForTokenClassification)  <->  prm_head/{kernel, bias}
     v_head.summary.{weight [1, D], bias [1]} (TRL value head)   <->  value_head/{kernel, bias}
+      (or a scalar prm_head, for a value-head PRM: `load_pretrained(value_head_as_prm=True)`)
 
 `tensor_specs` states this once (`TensorSpec`: the HF name and which of our dimensions each HF
 axis holds); loading and saving both read that one table, so they cannot disagree.
 
 Heads. A causal-LM checkpoint carries no PRM head, a token-classification PRM checkpoint (TRL's
-`PRMTrainer` output, Qwen2.5-Math-PRM-style 2-class heads) no LM head when untied: a head the
-checkpoint lacks is freshly initialised (normal(`init_std`) kernel, zero bias) from `seed`, so
-a load is deterministic. A backbone tensor that is missing is an error.
+`PRMTrainer` output: a linear `score` head with 2 or 1 labels) no LM head when untied: a head
+the checkpoint lacks is freshly initialised (normal(`init_std`) kernel, zero bias) from `seed`,
+so a load is deterministic. A backbone tensor that is missing is an error.
 
 Placement. No host ever holds the whole model: every leaf is created with
 `jax.make_array_from_callback`, whose callback reads from the files only the block one device
@@ -192,8 +193,13 @@ class TensorSpec:
     return np.ascontiguousarray(x.transpose(order).reshape(self.hf_shape(x.shape)))
 
 
-def tensor_specs(config: ModelConfig, prefix: str = "model.") -> dict[tuple[str, ...], TensorSpec]:
-  """Flattened param path -> `TensorSpec`, for every leaf `config`'s params can have."""
+def tensor_specs(config: ModelConfig, prefix: str = "model.", prm_tensor: str = "score"
+                 ) -> dict[tuple[str, ...], TensorSpec]:
+  """Flattened param path -> `TensorSpec`, for every leaf `config`'s params can have.
+
+  `prm_tensor` names the PRM head's HF tensors (`score` of token classification, or
+  `v_head.summary` for a value-head PRM).
+  """
   layer = f"{prefix}layers.{{layer}}."
   linear = ((1,), (0,))  # torch `[out, in]` <-> our `[in, out]`.
   specs = {
@@ -204,8 +210,8 @@ def tensor_specs(config: ModelConfig, prefix: str = "model.") -> dict[tuple[str,
                                                   ((0,),)),
       ("layers", "attn", "o_kernel"): TensorSpec(layer + "self_attn.o_proj.weight", ((2,), (0, 1))),
       ("lm_head",): TensorSpec("lm_head.weight", linear),
-      ("prm_head", "kernel"): TensorSpec("score.weight", linear),
-      ("prm_head", "bias"): TensorSpec("score.bias", ((0,),)),
+      ("prm_head", "kernel"): TensorSpec(f"{prm_tensor}.weight", linear),
+      ("prm_head", "bias"): TensorSpec(f"{prm_tensor}.bias", ((0,),)),
       ("value_head", "kernel"): TensorSpec("v_head.summary.weight", linear),
       ("value_head", "bias"): TensorSpec("v_head.summary.bias", ((0,),)),
   }
@@ -339,13 +345,13 @@ def _fresh_leaf(config: ModelConfig, path, shape, dtype, sharding, seed: int):
 
 
 def load_params(config: ModelConfig, source: TensorSource, *, optional=("prm_head", "value_head"),
-                prefix: str = "model.", mesh=None, rules=parallel.LOGICAL_AXIS_RULES,
-                seed: int = 0) -> dict:
+                prefix: str = "model.", prm_tensor: str = "score", mesh=None,
+                rules=parallel.LOGICAL_AXIS_RULES, seed: int = 0) -> dict:
   """The parameter tree of `config` from `source`, placed on `mesh` (None: default device).
 
   Leaves under the top-level names in `optional` are freshly initialised when `source` lacks
   them; any other missing tensor, or a tensor of the wrong shape, raises `CheckpointError`
-  listing every such problem.
+  listing every such problem. `prefix`, `prm_tensor`: see `tensor_specs`.
   """
   abstract = traverse_util.flatten_dict(abstract_params(config))
   if mesh is None:
@@ -353,7 +359,7 @@ def load_params(config: ModelConfig, source: TensorSource, *, optional=("prm_hea
     shardings = {path: device for path in abstract}
   else:
     shardings = traverse_util.flatten_dict(parallel.param_shardings(config, mesh, rules))
-  specs = tensor_specs(config, prefix)
+  specs = tensor_specs(config, prefix, prm_tensor)
 
   problems, present = [], {}
   for path, leaf in abstract.items():
@@ -388,31 +394,47 @@ def load_params(config: ModelConfig, source: TensorSource, *, optional=("prm_hea
   return traverse_util.unflatten_dict(params)
 
 
+def dtype_fields(dtype, overrides: dict) -> dict:
+  """`overrides` with parameter and compute dtype defaulting to `dtype`."""
+  name = jnp.dtype(dtype).name
+  return {"param_dtype": name, "dtype": name, **overrides}
+
+
 def load_pretrained(path: Path, dtype=jnp.float32, *, mesh=None, rules=parallel.LOGICAL_AXIS_RULES,
-                    seed: int = 0, **overrides) -> tuple[ModelConfig, dict]:
+                    seed: int = 0, value_head_as_prm: bool = False, **overrides
+                    ) -> tuple[ModelConfig, dict]:
   """Load a Llama / Qwen2 HF checkpoint folder (`*ForCausalLM` or `*ForTokenClassification`).
 
   Args:
     path: folder with `config.json` and `model.safetensors` or `model.safetensors.index.json`.
-    dtype: parameter dtype (`ModelConfig.param_dtype`); fp32 by default whatever the file holds.
+    dtype: parameter and compute dtype (`ModelConfig.param_dtype`, `.dtype`; either can be
+      overridden alone); fp32 by default whatever the file holds.
     mesh: place every leaf directly onto its `parallel.param_shardings` (None: one device).
     rules: logical-axis rule table for `mesh`.
     seed: initialises the heads the checkpoint lacks (see module docstring).
+    value_head_as_prm: the checkpoint is a value-head PRM (one sigmoid logit per token, read
+      at step ends): its TRL value head `v_head.summary` becomes a scalar `prm_head`.
     **overrides: any `ModelConfig` field (e.g. `max_seq_len`, `dtype`, `prm_head`, `remat`).
   Returns:
-    `(config, params)`; `config.value_head` is set when the checkpoint has a TRL value head.
+    `(config, params)`; `config.value_head` is set when the checkpoint has a TRL value head
+    (and `value_head_as_prm` is False).
   """
   folder = pathlib.Path(path)
   hf_config = _read_json(folder / "config.json")
   with contextlib.ExitStack() as stack:
     source = SafetensorsSource(folder, stack)
-    overrides.setdefault("value_head", source.shape("v_head.summary.weight") is not None)
-    config, head = config_from_hf(hf_config, param_dtype=jnp.dtype(dtype).name, **overrides)
+    has_value_head = source.shape("v_head.summary.weight") is not None
+    if value_head_as_prm:
+      overrides.setdefault("prm_head", "scalar")
+    overrides.setdefault("value_head", has_value_head and not value_head_as_prm)
+    config, head = config_from_hf(hf_config, **dtype_fields(dtype, overrides))
     # Base-model checkpoints (`LlamaModel`) name tensors without the `model.` prefix.
     prefix = "model." if source.shape("model.embed_tokens.weight") is not None else ""
-    optional = ("prm_head", "value_head") + (("lm_head",) if head == "prm" else ())
-    params = load_params(config, source, optional=optional, prefix=prefix, mesh=mesh,
-                         rules=rules, seed=seed)
+    optional = ("value_head",) + (("lm_head",) if head == "prm" else ())
+    optional += () if value_head_as_prm else ("prm_head",)
+    params = load_params(config, source, optional=optional, prefix=prefix,
+                         prm_tensor="v_head.summary" if value_head_as_prm else "score",
+                         mesh=mesh, rules=rules, seed=seed)
   return config, params
 
 
