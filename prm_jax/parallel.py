@@ -236,6 +236,14 @@ def process_batch_slice(global_batch_size: int) -> slice:
   return slice(index * per_process, (index + 1) * per_process)
 
 
+def fetch_replicated(tree):
+  """NumPy copies of replicated arrays (metrics, eval outputs), read from a local device.
+
+  Unlike `jax.device_get`, this also works when the arrays span several processes.
+  """
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
 def make_global_batch(local_batch, mesh: Mesh, rules: Rules = LOGICAL_AXIS_RULES):
   """Assemble global `jax.Array`s from this process's rows (`process_batch_slice`).
 

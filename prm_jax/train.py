@@ -348,7 +348,7 @@ def train_loop(model_config: models.ModelConfig, loss_fn: LossFn, batches: Itera
         async_save=config.async_checkpointing))
     state = _restore_or_init(model_config, tx, shardings, mesh, rules, checkpointer, batches,
                              config, init_params)
-    start = int(state.step)
+    start = int(parallel.fetch_replicated(state.step))
     if start >= config.total_steps:
       logging.info("already at step %d of %d; nothing to train", start, config.total_steps)
     writer = cleanup.enter_context(MetricWriter(
@@ -361,7 +361,7 @@ def train_loop(model_config: models.ModelConfig, loss_fn: LossFn, batches: Itera
 
     def check_finite():
       """Fetch the pending steps' NaN flags; stop at the first bad step (never saved)."""
-      flags = jax.device_get([m["nonfinite"] for _, m in pending])
+      flags = parallel.fetch_replicated([m["nonfinite"] for _, m in pending])
       bad = next((step for (step, _), flag in zip(pending, flags) if flag), None)
       if bad is not None:
         last = checkpointer.latest_step()
@@ -372,7 +372,7 @@ def train_loop(model_config: models.ModelConfig, loss_fn: LossFn, batches: Itera
 
     def write_train_record(step):
       check_finite()
-      values = jax.device_get([m for _, m in pending])
+      values = parallel.fetch_replicated([m for _, m in pending])
       scalars = {f"train/{name}": float(np.mean([v[name] for v in values], dtype=np.float64))
                  for name in values[0] if name != "nonfinite"}
       scalars["train/learning_rate"] = float(schedule(step - 1))

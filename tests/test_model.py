@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from prm_jax import models
+from prm_jax.models import transformer
 from tests.numpy_reference import reference_forward
 
 CONFIGS = ["tiny", "tiny_mha", "tiny_qwen2"]
@@ -188,3 +189,22 @@ def test_published_parameter_counts():
               "llama3_8b": 8_030_261_248}
   for name, count in expected.items():
     assert models.get_model_config(name).num_params() == count
+
+
+@pytest.mark.parametrize("dtype,out_dtype", [(jnp.float32, None), (jnp.bfloat16, None),
+                                             (jnp.bfloat16, jnp.float32)])
+def test_project_differentiates_like_the_plain_product(dtype, out_dtype):
+  """`project`'s custom weight gradient (x^T @ dy) == autodiff of the einsum."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, 5, 8)), dtype)
+  w = jnp.asarray(rng.normal(size=(8, 6)), dtype)
+  probe = jnp.asarray(rng.normal(size=(3, 5, 6)), jnp.float32)
+  plain = lambda x, w: jnp.einsum("btk,km->btm", x, w, preferred_element_type=out_dtype)
+  loss = lambda f: lambda x, w: jnp.sum(f(x, w).astype(jnp.float32) * probe)
+  expected = jax.grad(loss(plain), argnums=(0, 1))(x, w)
+  got = jax.grad(loss(transformer.project), argnums=(0, 1))(x, w)
+  tolerance = 1e-6 if dtype == jnp.float32 else 2e-2
+  for g, e in zip(got, expected):
+    assert g.dtype == e.dtype
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(e, np.float32),
+                               rtol=tolerance, atol=tolerance)

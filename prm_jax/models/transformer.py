@@ -11,6 +11,7 @@ table the constraints are no-ops, so the same code runs unsharded.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -73,6 +74,36 @@ def apply_rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def project(x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
+  """`x [..., K] @ w [K, M] -> [..., M]` (`out_dtype`: accumulate/return dtype, e.g. fp32).
+
+  Differentiates like the plain product, except that the weight gradient is formed as
+  `x^T @ dy` over the flattened rows. Why: from autodiff's form, XLA:CPU transposes the
+  (wider) output cotangent inside the elementwise fusion producing it, a strided loop
+  that took ~45% of a PRM train step on CPU; transposing the input is a plain copy
+  (benchmarks/RESULTS.md). The math, and other backends' performance, are unchanged.
+  """
+  return jnp.einsum("...k,km->...m", x, w, preferred_element_type=out_dtype)
+
+
+def _project_fwd(x, w, out_dtype):
+  return project(x, w, out_dtype), (x, w)
+
+
+def _project_bwd(out_dtype, residuals, dy):
+  del out_dtype
+  x, w = residuals
+  dy = dy.astype(x.dtype)
+  dx = jnp.einsum("...m,km->...k", dy, w, preferred_element_type=jnp.float32)
+  rows = x.reshape(-1, x.shape[-1])
+  dw = jnp.matmul(rows.T, dy.reshape(-1, dy.shape[-1]), preferred_element_type=jnp.float32)
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+project.defvjp(_project_fwd, _project_bwd)
+
+
 def attend(q: jax.Array, key_blocks) -> jax.Array:
   """Grouped-query softmax attention with fp32 scores, over one or more blocks of keys.
 
@@ -110,7 +141,8 @@ class Attention(nn.Module):
     c = self.config
     kernel = self.param(f"{name}_kernel", _init(c, ("embed", heads_axis, "head_dim")),
                         (c.hidden_size, num_heads, c.head_dim), c.params_dtype)
-    y = jnp.einsum("btd,dnh->btnh", x, kernel.astype(c.compute_dtype))
+    y = project(x, kernel.reshape(c.hidden_size, -1).astype(c.compute_dtype))
+    y = y.reshape(*y.shape[:-1], num_heads, c.head_dim)
     if c.qkv_bias:
       bias = self.param(f"{name}_bias", nn.with_logical_partitioning(
           nn.initializers.zeros, (heads_axis, "head_dim")), (num_heads, c.head_dim),
@@ -143,7 +175,24 @@ class Attention(nn.Module):
     out = attend(q, blocks)
     o_kernel = self.param("o_kernel", _init(c, ("heads", "head_dim", "embed")),
                           (c.num_heads, c.head_dim, c.hidden_size), c.params_dtype)
-    return jnp.einsum("bthd,hde->bte", out, o_kernel.astype(c.compute_dtype)), new_cache
+    out = out.reshape(*out.shape[:-2], -1)
+    return project(out, o_kernel.reshape(-1, c.hidden_size).astype(c.compute_dtype)), new_cache
+
+
+class Linear(nn.Module):
+  """`[..., K] -> [..., features]` through `project`, kernel `[K, features]` named `kernel`
+  (the layout of `nn.Dense(use_bias=False)`), computed in the compute dtype."""
+
+  config: ModelConfig
+  features: int
+  axes: tuple
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = self.config
+    kernel = self.param("kernel", _init(c, self.axes), (x.shape[-1], self.features),
+                        c.params_dtype)
+    return project(x.astype(c.compute_dtype), kernel.astype(c.compute_dtype))
 
 
 class MLP(nn.Module):
@@ -154,15 +203,10 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     c = self.config
-
-    def dense(name, features, axes):
-      return nn.Dense(features, use_bias=False, dtype=c.compute_dtype, param_dtype=c.params_dtype,
-                      kernel_init=_init(c, axes), name=name)
-
-    gate = dense("gate", c.mlp_dim, ("embed", "mlp"))(x)
-    up = dense("up", c.mlp_dim, ("embed", "mlp"))(x)
+    gate = Linear(c, c.mlp_dim, ("embed", "mlp"), name="gate")(x)
+    up = Linear(c, c.mlp_dim, ("embed", "mlp"), name="up")(x)
     h = constrain(nn.silu(gate) * up, ("batch", "length", "mlp"))
-    return dense("down", c.hidden_size, ("mlp", "embed"))(h)
+    return Linear(c, c.hidden_size, ("mlp", "embed"), name="down")(h)
 
 
 class Block(nn.Module):
@@ -214,8 +258,7 @@ class Transformer(nn.Module):
                              (c.hidden_size, c.vocab_size), c.params_dtype)
     if lm_logits != "none":
       h = hidden[:, -1:] if lm_logits == "last" else hidden
-      logits = jnp.einsum("btd,dv->btv", h, lm_kernel.astype(c.compute_dtype),
-                          preferred_element_type=jnp.float32)
+      logits = project(h, lm_kernel.astype(c.compute_dtype), jnp.float32)
       outputs["logits"] = constrain(logits, ("batch", "length", "vocab"))
     if step_positions is not None:
       # Hidden state at each step's last token, then the head in fp32.

@@ -119,7 +119,7 @@ def make_prm_evaluator(config: models.ModelConfig, batches: Iterable[dict], mesh
     logits, labels, rows = [], [], None
     for local in batches:
       rows = rows or len(local["input_ids"])
-      out = jax.device_get(forward(params, parallel.make_global_batch(
+      out = parallel.fetch_replicated(forward(params, parallel.make_global_batch(
           _pad_rows(local, rows), mesh, rules)))
       mask = np.asarray(out["mask"], bool)
       logits.append(out["logits"][mask])
