@@ -29,13 +29,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Any:
     raise
 
 
-def write_json(path: str | os.PathLike, value: Any) -> None:
-  """`value` as indented JSON, atomically. NaN/Inf are not JSON: they raise (write None)."""
+def write_text(path: str | os.PathLike, text: str) -> None:
+  """`text` (UTF-8) at `path`, atomically."""
   def write(tmp):
     with open(tmp, "w", encoding="utf-8") as f:
-      json.dump(value, f, indent=1, allow_nan=False)
-      f.write("\n")
+      f.write(text)
   atomic_write(path, write)
+
+
+def write_json(path: str | os.PathLike, value: Any) -> None:
+  """`value` as indented JSON, atomically. NaN/Inf are not JSON: they raise (write None)."""
+  write_text(path, json.dumps(value, indent=1, allow_nan=False) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -17,6 +17,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from prm_jax import files
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
@@ -113,10 +115,7 @@ def _truncate_after(path: str, step: int) -> None:
         continue  # A line cut off by a kill mid-write.
       if record.get("step", 0) <= step:
         kept.append(json.dumps(record) + "\n")
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(kept)
-  os.replace(tmp, path)
+  files.write_text(path, "".join(kept))
 
 
 def _plain(value) -> float | int | None:

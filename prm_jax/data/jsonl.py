@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+from prm_jax import files
 
 T = TypeVar("T")
 
@@ -134,17 +135,11 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> i
   A record that cannot be written (an exception from the iterable or from `json.dumps`)
   leaves any existing file at `path` untouched. Returns the number of records written.
   """
-  path = os.fspath(path)
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".jsonl")
-  try:
+  def write(tmp: str) -> int:
     count = 0
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with open(tmp, "w", encoding="utf-8") as f:
       for record in records:
         f.write(_dumps(record) + "\n")
         count += 1
-    os.replace(tmp, path)
     return count
-  except BaseException:
-    os.unlink(tmp)
-    raise
+  return files.atomic_write(path, write)

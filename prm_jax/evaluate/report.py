@@ -55,6 +55,5 @@ def plot(results: dict, path: str) -> None:
 
 def write_report(results: dict, workdir: str) -> None:
   """`results.md` and `bon_curve.png` in `workdir`."""
-  files.atomic_write(os.path.join(workdir, "results.md"),
-                     lambda tmp: open(tmp, "w", encoding="utf-8").write(markdown(results)))
+  files.write_text(os.path.join(workdir, "results.md"), markdown(results))
   plot(results, os.path.join(workdir, "bon_curve.png"))

@@ -48,7 +48,7 @@ from jax.experimental import multihost_utils
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from prm_jax import parallel
+from prm_jax import files, parallel
 from prm_jax.models.config import ModelConfig
 from prm_jax.models.model import abstract_params
 
@@ -481,23 +481,23 @@ def save_pretrained(config: ModelConfig, params: dict, path: Path, *, head: str 
     for layer in range(leaf.shape[0]) if layered else [None]:
       plan.append((specs[leaf_path].name.format(layer=layer), leaf_path, layer))
       sizes.append(per_layer_bytes * np_dtype.itemsize)
-  files, current, used = [], [], 0
+  shards, current, used = [], [], 0
   for entry, size in zip(plan, sizes):
     if current and used + size > max_shard_bytes:
-      files.append(current)
+      shards.append(current)
       current, used = [], 0
     current.append(entry)
     used += size
-  files.append(current)
-  names = ([SINGLE_FILE] if len(files) == 1 else
-           [f"model-{i + 1:05d}-of-{len(files):05d}.safetensors" for i in range(len(files))])
+  shards.append(current)
+  names = ([SINGLE_FILE] if len(shards) == 1 else
+           [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
 
   writer = jax.process_index() == 0
   folder = pathlib.Path(path)
   if writer:
     folder.mkdir(parents=True, exist_ok=True)
   host_path, host = None, None
-  for filename, entries in zip(names, files):
+  for filename, entries in zip(names, shards):
     tensors = {}
     for name, leaf_path, layer in entries:
       if leaf_path != host_path:  # One leaf on the host at a time.
@@ -505,21 +505,14 @@ def save_pretrained(config: ModelConfig, params: dict, path: Path, *, head: str 
       value = host if layer is None else host[layer]
       tensors[name] = specs[leaf_path].to_hf(value.astype(np_dtype))
     if writer:
-      _atomic_write(folder / filename, lambda tmp: save_file(tensors, tmp,
+      files.atomic_write(folder / filename, lambda tmp: save_file(tensors, tmp,
                                                              metadata={"format": "pt"}))
   if writer:
-    if len(files) > 1:
+    if len(shards) > 1:
       index = {"metadata": {"total_size": int(sum(sizes))},
-               "weight_map": {name: filename for filename, entries in zip(names, files)
+               "weight_map": {name: filename for filename, entries in zip(names, shards)
                               for name, _, _ in entries}}
-      _atomic_write(folder / INDEX_FILE, lambda tmp: pathlib.Path(tmp).write_text(
-          json.dumps(index, indent=2)))
+      files.write_text(folder / INDEX_FILE, json.dumps(index, indent=2))
     hf = hf_config_from(config, head, dtype)
-    _atomic_write(folder / "config.json", lambda tmp: pathlib.Path(tmp).write_text(
-        json.dumps(hf, indent=2)))
+    files.write_text(folder / "config.json", json.dumps(hf, indent=2))
 
-
-def _atomic_write(file: pathlib.Path, write) -> None:
-  tmp = file.with_name(file.name + ".tmp")
-  write(str(tmp))
-  os.replace(tmp, file)
