@@ -30,8 +30,6 @@ _ARGS = " ".join(sys.argv[1:]).replace("=", " ").split()
 _DEVICES = int(_ARGS[_ARGS.index("--devices") + 1]) if "--devices" in _ARGS else 2
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            f" --xla_force_host_platform_device_count={_DEVICES}")
-# Run as a plain script from anywhere: the repository root holds `prm_jax`.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import platform  # noqa: E402
 import resource  # noqa: E402

@@ -1,20 +1,30 @@
 """Quickstart: a step PRM trained from Monte Carlo labels beats majority voting (CPU, minutes).
 
     python launch.py --config experiments/quickstart.py --workdir runs/quickstart
+    python launch.py --config experiments/quickstart.py:smoke --workdir runs/smoke  # ~1 min
 
-A small policy learns arithmetic chains (`7+5*3-4=?`, left to right) from scratch on
-solutions with realistic errors: rare on short chains, frequent and systematic on long
-ones (a skipped step, a misapplied operator: the same wrong answer every time). It then
-samples 16 solutions per held-out problem; a PRM initialised from the policy is trained
-on Monte Carlo step labels of its own samples (k rollouts from every step prefix), an
-outcome RM on the same samples' final answers.
+A small policy (a 0.8M-parameter Llama over characters) learns arithmetic chains
+(`7+5-3+4=?`, left to right, one step per operation) from scratch, on solutions that
+carry a systematic misconception at a rate that grows with the chain length: `a-b`
+worked out as `b-a` at the first subtraction (5% of 2-operation solutions, 35% of 3, 80%
+of 4). It then samples 16 solutions per held-out problem and one per PRM-training problem;
+a PRM initialised from the policy is trained on soft Monte Carlo step labels of those
+samples (4 rollouts from every step prefix, Math-Shepherd), and an outcome RM on the same
+samples' final answers.
 
-Expected result (2-core CPU, about 8 minutes): `runs/quickstart/results.md` shows the
-PRM-weighted vote at N=16 above plain majority vote and above the ORM (majority locks onto
-the systematic wrong answer of long chains; the PRM sees the bad step), ProcessBench F1 of
-the PRM >= 0.7, and the oracle above every method. Rerunning the command resumes and skips
-finished stages. Variants: `--config.prm.labels=oracle` (exact labels) or `mc_hard`,
-`--config.seed=1`, a pretrained policy with `--config.policy.init=hf --config.policy.path=DIR`.
+Expected result (2-core CPU, about 7 minutes; `benchmarks/RESULTS.md` has 3 seeds):
+`runs/quickstart/results.md` shows a policy right on about 60% of samples, the
+PRM-weighted vote at N=16 well above plain majority vote (which locks onto the
+misconception's answer on long chains) and above the ORM, ProcessBench F1 of the PRM
+>= 0.7, and the oracle above every method. Rerunning the command resumes and skips
+finished stages.
+
+Variants: `--config.prm.labels=oracle` (exact labels) or `mc_hard`; `--config.seed=1`;
+harder data: `--config.task.operators=+-*`, or every error kind:
+`"--config.data.error_kinds=('slip','misread','skip_step','wrong_operator')"`; a pretrained
+policy: `--config.policy.init=hf --config.policy.path=DIR` (or `gguf` and a `.gguf` file).
+`:smoke` is a reduced run (smaller model and data, N up to 8) that checks the machinery
+end to end, not the result.
 """
 
 import ml_collections
@@ -24,31 +34,42 @@ from prm_jax.data import CharTokenizer
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  if arg not in (None, "", "smoke"):
+    raise ValueError(f"experiments/quickstart.py takes '' or 'smoke', got {arg!r}")
+  smoke = arg == "smoke"
   config = ml_collections.ConfigDict()
   config.pipeline = "quickstart"
   config.seed = 0
   config.task = ml_collections.ConfigDict(dict(
-      name="arithmetic", min_ops=2, max_ops=4, min_operand=1, max_operand=9, operators="+-*"))
+      name="arithmetic", min_ops=2, max_ops=4, min_operand=1, max_operand=9, operators="+-"))
   config.data = ml_collections.ConfigDict(dict(
-      sft_problems=8000,
-      # Error rate of SFT solutions with 1, 2, 3, 4+ reasoning steps, and the error kinds.
-      error_rates=(0.05, 0.05, 0.2, 0.7), error_kinds=("skip_step", "wrong_operator"),
-      prm_problems=384, prm_samples=4, test_problems=200))
+      sft_problems=2000 if smoke else 8000,
+      # Error rate of SFT solutions with 1, 2, 3, 4+ operations, and the error kinds
+      # (`prm_jax.data.tasks.ERROR_KINDS`); a solution carries at most one error.
+      error_rates=(0.05, 0.05, 0.35, 0.8), error_kinds=("wrong_operator",),
+      prm_problems=256 if smoke else 1536, prm_samples=1,
+      test_problems=32 if smoke else 200))
   config.policy = ml_collections.ConfigDict(dict(
       init="scratch", path="",
+      # remat="full" is faster on CPU (smaller working set); see benchmarks/RESULTS.md.
       model=config_lib.model_section(
-          "tiny", vocab_size=CharTokenizer().vocab_size, hidden_size=128, num_layers=4,
-          num_heads=4, num_kv_heads=4, head_dim=32, mlp_dim=384, max_seq_len=128)))
+          "tiny", vocab_size=CharTokenizer().vocab_size, hidden_size=64 if smoke else 128,
+          num_layers=2 if smoke else 4, num_heads=4, num_kv_heads=4,
+          head_dim=16 if smoke else 32, mlp_dim=192 if smoke else 384, max_seq_len=128,
+          remat="full")))
   config.sft = ml_collections.ConfigDict(dict(
       batch_size=64, max_length=64,
-      train=config_lib.train_section(total_steps=1200, learning_rate=3e-3, warmup_steps=100,
-                                     weight_decay=0.01, log_every=100, checkpoint_every=400)))
+      train=config_lib.train_section(
+          total_steps=300 if smoke else 800, learning_rate=3e-3, warmup_steps=50 if smoke else 100,
+          weight_decay=0.01, log_every=50 if smoke else 100,
+          checkpoint_every=100 if smoke else 400)))
   config.sampling = ml_collections.ConfigDict(dict(
-      num_samples=16, temperature=1.0, top_p=0.0, max_new_tokens=48, prompts_per_batch=64))
+      num_samples=8 if smoke else 16, temperature=1.0, top_p=0.0, max_new_tokens=48,
+      prompts_per_batch=64))
   config.labeling = ml_collections.ConfigDict(dict(rollouts=4, rows_per_batch=512))
-  reward_train = dict(total_steps=600, learning_rate=1e-3, warmup_steps=50, weight_decay=0.01,
-                      log_every=100, checkpoint_every=300)
+  reward_train = dict(total_steps=100 if smoke else 300, learning_rate=1e-3, warmup_steps=30,
+                      weight_decay=0.01, log_every=50 if smoke else 100,
+                      checkpoint_every=50 if smoke else 150)
   config.prm = ml_collections.ConfigDict(dict(
       labels="mc_soft", batch_size=64, max_length=64, max_steps=8,
       train=config_lib.train_section(**reward_train)))
@@ -56,7 +77,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       batch_size=64, max_length=64, max_steps=8,
       train=config_lib.train_section(**reward_train)))
   config.eval = ml_collections.ConfigDict(dict(
-      ns=(1, 2, 4, 8, 16), draws=64, vote_aggregation="min", processbench_threshold=0.5))
+      ns=(1, 2, 4, 8) if smoke else (1, 2, 4, 8, 16), draws=64, vote_aggregation="min",
+      # "calibrate": chosen on the PRM's training samples (see `_processbench`), or a number.
+      processbench_threshold="calibrate"))
   config.mesh = config_lib.mesh_section()
   config.distributed = config_lib.distributed_section()
   config.lock()

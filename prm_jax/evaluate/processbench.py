@@ -4,6 +4,12 @@ A PRM predicts the earliest step whose score falls below `threshold` (-1: all st
 correct). On the samples that do contain an error, accuracy = exact index match; on the
 error-free ones, accuracy = predicting -1. F1 is the harmonic mean of the two accuracies
 (ProcessBench, Zheng et al. 2024).
+
+The threshold matters for PRMs trained on Monte Carlo *soft* labels: they estimate the
+chance that a prefix still ends right (a value), not whether its last step is right, so a
+correct step early in a hard problem can score well below 0.5. `calibrate_threshold` picks
+the threshold on labelled data other than the test set (e.g. the PRM's own training
+samples, whose first errors come from the hard Monte Carlo labels).
 """
 
 from __future__ import annotations
@@ -40,3 +46,24 @@ def processbench_f1(predicted: np.ndarray, truth: np.ndarray) -> dict:
       0.0 if total == 0 else float("nan"))
   return {"error_accuracy": error_accuracy, "correct_accuracy": correct_accuracy, "f1": f1,
           "num_error": int(has_error.sum()), "num_correct": int((~has_error).sum())}
+
+
+DEFAULT_GRID = tuple(round(0.01 * i, 2) for i in range(1, 100))
+
+
+def first_errors(step_labels) -> np.ndarray:
+  """`[B]` index of the first step labelled < 0.5 in each ragged row of labels, -1 if none."""
+  return np.array([next((i for i, label in enumerate(row) if label < 0.5), -1)
+                   for row in step_labels])
+
+
+def calibrate_threshold(step_scores: np.ndarray, step_mask: np.ndarray, truth: np.ndarray,
+                        grid=DEFAULT_GRID) -> tuple[float, float]:
+  """(threshold, its F1): the `grid` value with the highest earliest-error F1 of
+  `step_scores [B, S]` against `truth [B]`; ties go to the smallest threshold."""
+  best = (float(grid[0]), -1.0)
+  for threshold in grid:
+    f1 = processbench_f1(earliest_error(step_scores, step_mask, threshold), truth)["f1"]
+    if not np.isnan(f1) and f1 > best[1]:
+      best = (float(threshold), float(f1))
+  return best

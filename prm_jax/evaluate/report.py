@@ -22,7 +22,14 @@ def markdown(results: dict) -> str:
   for method, by_n in bon.items():
     lines.append(f"| {METHOD_NAMES.get(method, method)} | "
                  + " | ".join(f"{by_n[n]:.3f}" for n in ns) + " |")
-  scalars = {k: v for k, v in results.items()
+  # Numbers, also one level down (e.g. `processbench.threshold`); not the config.
+  flat = {}
+  for key, value in results.items():
+    if isinstance(value, dict) and key not in ("bon", "config"):
+      flat.update({f"{key}.{k}": v for k, v in value.items()})
+    else:
+      flat[key] = value
+  scalars = {k: v for k, v in flat.items()
              if isinstance(v, (int, float)) and not isinstance(v, bool)}
   lines += ["", "| metric | value |", "|---|---|"]
   lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"

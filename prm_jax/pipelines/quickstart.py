@@ -34,7 +34,8 @@ from absl import logging
 from prm_jax import config_lib, files, labeling, policy, train
 from prm_jax.data import CharTokenizer, Trajectory, pipeline
 from prm_jax.data.tasks import generate_corpus, get_task
-from prm_jax.evaluate import Candidates, best_of_n_curves, earliest_error, processbench_f1
+from prm_jax.evaluate import (Candidates, best_of_n_curves, calibrate_threshold, earliest_error,
+                              first_errors, processbench_f1)
 from prm_jax.evaluate.prm_scores import score_steps
 from prm_jax.evaluate.report import write_report
 from prm_jax.objectives.prm import make_prm_loss
@@ -165,16 +166,47 @@ def _reward_data(samples, step_labels=None) -> list[Trajectory]:
   return data
 
 
-def _evaluate(config, test_samples, prm_scores, orm_scores, mc_labels, prm_samples) -> dict:
+def _padded(rows) -> tuple[np.ndarray, np.ndarray]:
+  """Ragged per-step values as `[B, S]` float32, and the mask of real steps."""
+  values = np.zeros((len(rows), max((len(r) for r in rows), default=0) or 1), np.float32)
+  mask = np.zeros(values.shape, bool)
+  for index, row in enumerate(rows):
+    values[index, :len(row)], mask[index, :len(row)] = row, True
+  return values, mask
+
+
+def _json_safe(metrics: dict) -> dict:
+  """Undefined metrics (no erroneous sample, say) are NaN: stored as null."""
+  return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in metrics.items()}
+
+
+def _processbench(config, test_samples, test_scores, train_scores, train_labels) -> dict:
+  """Earliest-error F1 of the PRM on the test samples (truth: the oracle's first error).
+
+  The threshold is `eval.processbench_threshold`, or with "calibrate" the one with the best
+  F1 on the PRM's training samples, whose first errors come from the hard labels of the
+  PRM's label source (Monte Carlo or oracle): no test data is used to choose it.
+  """
+  setting = config.eval.processbench_threshold
+  if setting == "calibrate":
+    threshold, _ = calibrate_threshold(*_padded(train_scores), first_errors(train_labels))
+  else:
+    threshold = float(setting)
+  scores, mask = _padded(test_scores)
+  truth = np.array([s["first_error"] for s in test_samples])
+  result = processbench_f1(earliest_error(scores, mask, threshold), truth)
+  result.update(threshold=threshold,
+                f1_at_half=processbench_f1(earliest_error(scores, mask, 0.5), truth)["f1"])
+  return _json_safe(result)
+
+
+def _evaluate(config, test_samples, prm_scores, orm_scores) -> dict:
   num_samples = config.sampling.num_samples
   problems = len(test_samples) // num_samples
-  steps = max(len(s["steps"]) for s in test_samples) or 1
+  step_scores, step_mask = _padded(prm_scores)
+  step_scores = step_scores.reshape(problems, num_samples, -1)
+  step_mask = step_mask.reshape(step_scores.shape)
   answer_ids = np.full((problems, num_samples), -1)
-  step_scores = np.zeros((problems, num_samples, steps), np.float32)
-  step_mask = np.zeros(step_scores.shape, bool)
-  for index, (sample, scores) in enumerate(zip(test_samples, prm_scores)):
-    p, n = divmod(index, num_samples)
-    step_scores[p, n, :len(scores)], step_mask[p, n, :len(scores)] = scores, True
   for p in range(problems):
     ids: dict[str, int] = {}
     for n in range(num_samples):
@@ -186,24 +218,19 @@ def _evaluate(config, test_samples, prm_scores, orm_scores, mc_labels, prm_sampl
                  np.float32).reshape(problems, num_samples)
   candidates = Candidates(answer_ids, correct, step_scores, step_mask, orm)
   e = config.eval
-  curves = best_of_n_curves(candidates, tuple(e.ns), draws=e.draws, seed=config.seed,
-                            vote_aggregation=e.vote_aggregation)
-  flat_mask = step_mask.reshape(-1, steps)
-  predicted = earliest_error(step_scores.reshape(-1, steps), flat_mask, e.processbench_threshold)
-  truth = np.array([s["first_error"] for s in test_samples])
-  # Undefined metrics (no erroneous sample, say) are NaN: JSON stores them as null.
-  processbench = {k: None if isinstance(v, float) and np.isnan(v) else v
-                  for k, v in processbench_f1(predicted, truth).items()}
-  oracle_steps = np.concatenate([np.asarray(o, bool) for o in mc_labels["oracle"]])
-  soft = np.concatenate([np.asarray(s) for s in mc_labels["mc_soft"]])
-  hard = np.concatenate([np.asarray(h, bool) for h in mc_labels["mc_hard"]])
-  return {
-      "bon": curves, "processbench": processbench, "processbench_f1": processbench["f1"],
-      "mc_oracle_agreement": float(np.mean((soft >= 0.5) == oracle_steps)),
-      "mc_hard_oracle_agreement": float(np.mean(hard == oracle_steps)),
-      "policy_accuracy": float(correct.mean()),
-      "prm_train_samples": len(prm_samples),
-      "prm_train_steps": int(oracle_steps.size)}
+  return {"bon": best_of_n_curves(candidates, tuple(e.ns), draws=e.draws, seed=config.seed,
+                                  vote_aggregation=e.vote_aggregation),
+          "policy_accuracy": float(correct.mean())}
+
+
+def _label_agreement(labels) -> dict:
+  """How often the Monte Carlo labels (soft: >= 0.5) agree with the oracle, per step."""
+  oracle = np.concatenate([np.asarray(o, bool) for o in labels["oracle"]])
+  soft = np.concatenate([np.asarray(s) for s in labels["mc_soft"]])
+  hard = np.concatenate([np.asarray(h, bool) for h in labels["mc_hard"]])
+  return {"mc_oracle_agreement": float(np.mean((soft >= 0.5) == oracle)),
+          "mc_hard_oracle_agreement": float(np.mean(hard == oracle)),
+          "prm_train_steps": int(oracle.size)}
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -238,26 +265,34 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       config, task, model_config, policy_params, tokenizer, prm_samples, mesh))
 
   # 5. PRM and ORM, both initialised from the policy.
-  scored = {}
+  test = [Trajectory(problem=s["problem"], steps=s["steps"]) for s in samples["test"]["samples"]]
+  reward_params = {}
   for name, data in (("prm", _reward_data(prm_samples, labels[config.prm.labels])),
                      ("orm", _reward_data(prm_samples))):
     section = config[name]
     batches = pipeline.prm_batches(data, tokenizer, batch_size=section.batch_size,
                                    max_length=section.max_length, max_steps=section.max_steps,
                                    seed=config.seed)
-    params = _train(name, model_config, make_prm_loss(model_config), batches, section, workdir,
-                    mesh, policy_params)
-    test = [Trajectory(problem=s["problem"], steps=s["steps"])
-            for s in samples["test"]["samples"]]
-    scored[name] = score_steps(model_config, params, tokenizer, test,
-                               max_length=section.max_length, max_steps=section.max_steps,
-                               mesh=mesh)
+    reward_params[name] = _train(name, model_config, make_prm_loss(model_config), batches,
+                                 section, workdir, mesh, policy_params)
 
   # 6. Evaluation.
   def evaluate():
-    results = _evaluate(config, samples["test"]["samples"], scored["prm"], scored["orm"],
-                        labels, prm_samples)
+    def score(name, trajectories):
+      section = config[name]
+      return score_steps(model_config, reward_params[name], tokenizer, trajectories,
+                         max_length=section.max_length, max_steps=section.max_steps, mesh=mesh)
+
+    prm_test = score("prm", test)
+    results = _evaluate(config, samples["test"]["samples"], prm_test, score("orm", test))
+    hard_source = "oracle" if config.prm.labels == "oracle" else "mc_hard"
+    processbench = _processbench(
+        config, samples["test"]["samples"], prm_test,
+        score("prm", [Trajectory(problem=s["problem"], steps=s["steps"]) for s in prm_samples]),
+        labels[hard_source])
     results.update(
+        processbench=processbench, processbench_f1=processbench["f1"],
+        **_label_agreement(labels), prm_train_samples=len(prm_samples),
         labeling_tokens=labels["generated_tokens"], labeling_rollouts=labels["rollouts"],
         labeling_seconds=labels["seconds"],
         sampling_tokens=samples["test"]["generated_tokens"] + samples["prm"]["generated_tokens"],
@@ -267,6 +302,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   results = _stage(workdir, "results.json", evaluate)
   if jax.process_index() == 0:
     write_report(results, workdir)
-  logging.info("quickstart results: %s", {m: results["bon"][m].get("16")
-                                          for m in results["bon"]})
+  largest = str(max(config.eval.ns))
+  logging.info("quickstart: Best-of-%s accuracy %s; ProcessBench F1 %s; results in %s",
+               largest, {m: results["bon"][m][largest] for m in results["bon"]},
+               results["processbench_f1"], os.path.join(workdir, "results.md"))
   return results

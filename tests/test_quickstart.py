@@ -1,0 +1,113 @@
+"""The main job end to end, through launch.py (`experiments/quickstart.py:smoke`): the
+artefacts, the Best-of-N ordering, and an interrupted run finishing with the same results."""
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = ("--config", os.path.join("experiments", "quickstart.py:smoke"))
+METHODS = ("majority", "prm_vote", "prm_min", "prm_prod", "prm_last", "orm", "oracle", "random")
+TIMINGS = ("wall_seconds", "labeling_seconds")  # The only entries a rerun may change.
+
+
+def _command(workdir):
+  return [sys.executable, "launch.py", *SMOKE, "--workdir", str(workdir)]
+
+
+def _env():
+  # One CPU device, as a user's run has (8 virtual devices only slow it down here).
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["PYTHONPATH"] = ROOT
+  return env
+
+
+def _run(workdir):
+  return subprocess.run(_command(workdir), capture_output=True, text=True, env=_env(),
+                        cwd=ROOT, timeout=600)
+
+
+def _kill_once_exists(workdir, path: str, timeout: float = 300):
+  """Start the run; SIGKILL it as soon as `workdir/path` exists (a stage is underway)."""
+  process = subprocess.Popen(_command(workdir), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=_env(), cwd=ROOT)
+  deadline = time.monotonic() + timeout
+  try:
+    while not os.path.exists(os.path.join(workdir, path)):
+      assert process.poll() is None, f"the run ended before {path} appeared"
+      assert time.monotonic() < deadline, f"{path} did not appear in {timeout}s"
+      time.sleep(0.05)
+  finally:
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def _results(workdir):
+  with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+    return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("quickstart")
+  start = time.perf_counter()
+  done = _run(workdir)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return workdir, done.stderr, time.perf_counter() - start
+
+
+def test_smoke_run_writes_every_artefact_within_two_minutes(smoke_run):
+  workdir, log, seconds = smoke_run
+  assert seconds < 120, f"the smoke run took {seconds:.0f}s"
+  for stage in ("config.json", "tasks.json", "samples.json", "labels.json", "results.json",
+                "results.md", "policy/metrics.jsonl", "prm/metrics.jsonl", "orm/metrics.jsonl"):
+    assert os.path.isfile(workdir / stage), stage
+  results = _results(workdir)
+  ns = ["1", "2", "4", "8"]
+  for method in METHODS:
+    assert sorted(results["bon"][method], key=int) == ns, method
+    assert all(0.0 <= results["bon"][method][n] <= 1.0 for n in ns), method
+  assert 0.0 <= results["processbench_f1"] <= 1.0
+  assert 0.5 <= results["mc_oracle_agreement"] <= 1.0
+  assert results["labeling_tokens"] > 0 and results["labeling_rollouts"] > 0
+  assert 0 < results["wall_seconds"] < seconds
+  assert results["config"]["pipeline"] == "quickstart"
+  with open(workdir / "results.md", encoding="utf-8") as f:
+    table = f.read()
+  assert "| majority vote |" in table and "| processbench_f1 |" in table
+  with open(workdir / "bon_curve.png", "rb") as f:
+    header = f.read(24)
+  assert header[:8] == b"\x89PNG\r\n\x1a\n"
+  width, height = struct.unpack(">II", header[16:24])
+  assert width > 200 and height > 200
+  # Progress is visible: training rate and ETA, sampling and rollout counts.
+  for line in ("steps/s", "ETA", "sampling 8 per problem", "Monte Carlo rollouts"):
+    assert line in log, line
+
+
+def test_best_of_8_ordering_oracle_prm_random(smoke_run):
+  bon = _results(smoke_run[0])["bon"]
+  oracle, prm_best, random = bon["oracle"]["8"], bon["prm_min"]["8"], bon["random"]["8"]
+  assert oracle >= prm_best >= random, bon
+  assert oracle > random  # Not a degenerate policy (all right or all wrong).
+
+
+def test_interrupted_run_finishes_with_the_same_results(smoke_run, tmp_path):
+  # Killed mid-SFT (just after a checkpoint), then mid-PRM training, then run to the end.
+  _kill_once_exists(tmp_path, os.path.join("policy", "checkpoints", "100"))
+  assert not os.path.exists(tmp_path / "samples.json")
+  _kill_once_exists(tmp_path, os.path.join("prm", "checkpoints", "50"))
+  assert not os.path.exists(tmp_path / "results.json")
+  done = _run(tmp_path)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "stage samples.json: done before" in done.stderr
+  resumed, straight = _results(tmp_path), _results(smoke_run[0])
+  for key in TIMINGS:
+    del resumed[key], straight[key]
+  assert resumed == straight
