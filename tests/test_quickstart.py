@@ -102,7 +102,7 @@ def test_interrupted_run_finishes_with_the_same_results(smoke_run, tmp_path):
   # Killed mid-SFT (just after a checkpoint), then mid-PRM training, then run to the end.
   _kill_once_exists(tmp_path, os.path.join("policy", "checkpoints", "100"))
   assert not os.path.exists(tmp_path / "samples.json")
-  _kill_once_exists(tmp_path, os.path.join("prm", "checkpoints", "50"))
+  _kill_once_exists(tmp_path, os.path.join("prm", "checkpoints", "40"))
   assert not os.path.exists(tmp_path / "results.json")
   done = _run(tmp_path)
   assert done.returncode == 0, done.stderr[-3000:]

@@ -33,6 +33,7 @@ from absl import logging
 
 from prm_jax import config_lib, files, labeling, policy, train
 from prm_jax.data import CharTokenizer, Trajectory, pipeline
+from prm_jax.data.tokenize import prompt_ids
 from prm_jax.data.tasks import generate_corpus, get_task
 from prm_jax.evaluate import (Candidates, best_of_n_curves, calibrate_threshold, earliest_error,
                               first_errors, processbench_f1)
@@ -95,6 +96,16 @@ def _error_rate(config: ml_collections.ConfigDict, task):
   if not rates:
     raise ValueError("data.error_rates is empty (give at least one rate)")
   return lambda problem: rates[min(len(task.solve(problem)) - 2, len(rates) - 1)]
+
+
+def _check_reward_lengths(config, tokenizer, problems) -> None:
+  """Fail now, not after sampling, if a sampled solution might not fit a reward model."""
+  longest = max(len(prompt_ids(tokenizer, p)) for p in problems) + config.sampling.max_new_tokens
+  for name in ("prm", "orm"):
+    if config[name].max_length < longest:
+      raise ValueError(
+          f"{name}.max_length={config[name].max_length} cannot hold a sampled solution: the "
+          f"longest prompt plus sampling.max_new_tokens is {longest} tokens")
 
 
 def _train(name, model_config, loss_fn, batches, section, workdir, mesh, init_params=None):
@@ -243,6 +254,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # 1. Problems.
   tasks = _stage(workdir, "tasks.json", lambda: _make_tasks(config, task))
+  _check_reward_lengths(config, tokenizer, tasks["test"] + tasks["prm"])
   corpus = [Trajectory.from_dict(t) for t in tasks["sft"]]
 
   # 2. Policy (SFT).
@@ -264,14 +276,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   labels = _stage(workdir, "labels.json", lambda: _labels(
       config, task, model_config, policy_params, tokenizer, prm_samples, mesh))
 
-  # 5. PRM and ORM, both initialised from the policy.
+  # 5. PRM and ORM, both initialised from the policy. Batches have a row per step of the
+  # longest sample (a policy may write more lines than the task has steps).
+  max_steps = max(len(s["steps"]) for s in samples["test"]["samples"] + prm_samples)
   test = [Trajectory(problem=s["problem"], steps=s["steps"]) for s in samples["test"]["samples"]]
   reward_params = {}
   for name, data in (("prm", _reward_data(prm_samples, labels[config.prm.labels])),
                      ("orm", _reward_data(prm_samples))):
     section = config[name]
     batches = pipeline.prm_batches(data, tokenizer, batch_size=section.batch_size,
-                                   max_length=section.max_length, max_steps=section.max_steps,
+                                   max_length=section.max_length, max_steps=max_steps,
                                    seed=config.seed)
     reward_params[name] = _train(name, model_config, make_prm_loss(model_config), batches,
                                  section, workdir, mesh, policy_params)
@@ -281,7 +295,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def score(name, trajectories):
       section = config[name]
       return score_steps(model_config, reward_params[name], tokenizer, trajectories,
-                         max_length=section.max_length, max_steps=section.max_steps, mesh=mesh)
+                         max_length=section.max_length, max_steps=max_steps, mesh=mesh)
 
     prm_test = score("prm", test)
     results = _evaluate(config, samples["test"]["samples"], prm_test, score("orm", test))
