@@ -295,7 +295,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def score(name, trajectories):
       section = config[name]
       return score_steps(model_config, reward_params[name], tokenizer, trajectories,
-                         max_length=section.max_length, max_steps=max_steps, mesh=mesh)
+                         max_length=section.max_length, max_steps=max_steps,
+                         batch_size=section.batch_size, mesh=mesh)
 
     prm_test = score("prm", test)
     results = _evaluate(config, samples["test"]["samples"], prm_test, score("orm", test))
