@@ -1,7 +1,7 @@
 """Quickstart: a step PRM trained from Monte Carlo labels beats majority voting (CPU, minutes).
 
     python launch.py --config experiments/quickstart.py --workdir runs/quickstart
-    python launch.py --config experiments/quickstart.py:smoke --workdir runs/smoke  # ~1 min
+    python launch.py --config experiments/quickstart.py:smoke --workdir runs/smoke  # < 2 min
 
 A small policy (a 0.8M-parameter Llama over characters) learns arithmetic chains
 (`7+5-3+4=?`, left to right, one step per operation) from scratch, on solutions that
@@ -12,7 +12,7 @@ a PRM initialised from the policy is trained on soft Monte Carlo step labels of 
 samples (4 rollouts from every step prefix, Math-Shepherd), and an outcome RM on the same
 samples' final answers.
 
-Expected result (2-core CPU, about 7 minutes; `benchmarks/RESULTS.md` has 3 seeds):
+Expected result (2-core CPU, 6-7 minutes; `benchmarks/RESULTS.md` has 3 seeds):
 `runs/quickstart/results.md` shows a policy right on about 60% of samples, the
 PRM-weighted vote at N=16 well above plain majority vote (which locks onto the
 misconception's answer on long chains) and above the ORM, ProcessBench F1 of the PRM
@@ -23,8 +23,8 @@ Variants: `--config.prm.labels=oracle` (exact labels) or `mc_hard`; `--config.se
 harder data: `--config.task.operators=+-*`, or every error kind:
 `"--config.data.error_kinds=('slip','misread','skip_step','wrong_operator')"`; a pretrained
 policy: `--config.policy.init=hf --config.policy.path=DIR` (or `gguf` and a `.gguf` file).
-`:smoke` is a reduced run (shorter chains, less data and training, N up to 8) that checks the machinery
-end to end, not the result.
+`:smoke` is a reduced run (2-operation chains, less data and training, N up to 8) that
+checks the machinery end to end (`tests/test_quickstart.py`), not the result.
 
 `:gsm8k` is the same pipeline on GSM8K-format word problems (steps are lines, checked by
 their `<<a*b=c>>` calculator annotations, answers compared as numbers) with a pretrained

@@ -5,7 +5,8 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from prm_jax.evaluate import Candidates, best_of_n_curves, earliest_error, processbench_f1
+from prm_jax.evaluate import (Candidates, best_of_n_curves, calibrate_threshold, earliest_error,
+                              first_errors, processbench_f1)
 
 
 def _random_candidates(rng, problems=40, n=8, steps=5):
@@ -97,3 +98,24 @@ def test_earliest_error_and_f1():
   assert result["correct_accuracy"] == 1.0
   assert result["f1"] == pytest.approx(2 * (1 / 3) / (1 / 3 + 1))
   assert np.isnan(processbench_f1(np.array([-1]), np.array([-1]))["f1"])
+
+
+def test_first_errors_of_ragged_labels():
+  np.testing.assert_array_equal(first_errors([[1.0, 0.75, 0.0, 0.0], [1, 1], [0.25], []]),
+                                [2, -1, 0, -1])
+
+
+def test_calibrated_threshold_is_the_best_of_the_grid():
+  # Value-like scores: correct steps of hard problems score ~0.3, wrong steps ~0.02.
+  rng = np.random.default_rng(0)
+  truth = rng.integers(-1, 4, 300)
+  scores = np.where(np.arange(4) < np.where(truth < 0, 4, truth)[:, None],
+                    rng.uniform(0.2, 1.0, (300, 4)), rng.uniform(0.0, 0.05, (300, 4)))
+  mask = np.ones(scores.shape, bool)
+  threshold, f1 = calibrate_threshold(scores, mask, truth)
+  brute = {t: processbench_f1(earliest_error(scores, mask, t), truth)["f1"]
+           for t in np.round(np.arange(1, 100) * 0.01, 2)}
+  best = max(brute.values())
+  assert f1 == best == 1.0
+  assert threshold == min(t for t, v in brute.items() if v == best)  # Ties: the smallest.
+  assert processbench_f1(earliest_error(scores, mask, 0.5), truth)["f1"] < 1.0
