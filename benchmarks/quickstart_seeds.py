@@ -22,6 +22,8 @@ import sys
 
 import numpy as np
 
+from prm_jax import files
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("majority", "prm_vote", "prm_min", "prm_prod", "prm_last", "prm_mean", "orm",
            "oracle", "random")
@@ -81,8 +83,7 @@ def main():
   args, overrides = parser.parse_known_args()  # The rest: --config.x=y for every run.
   results = [run_seed(seed, args.workdir, overrides) for seed in args.seeds]
   text = summary(args.seeds, results)
-  with open(os.path.join(args.workdir, "summary.md"), "w", encoding="utf-8") as f:
-    f.write(text)
+  files.write_text(os.path.join(args.workdir, "summary.md"), text)
   print(text)
 
 

@@ -1,23 +1,13 @@
 """launch.py end to end: config errors are one clear line; the toy PRM experiment learns."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
 from prm_jax import metric_writer
+from tests.launch_helper import launch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join("experiments", "prm_toy.py")
-
-
-def _launch(*args, workdir="unused"):
-  # One CPU device, as a user's run has (8 virtual devices only slow compilation here).
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env["PYTHONPATH"] = ROOT
-  return subprocess.run([sys.executable, "launch.py", "--workdir", str(workdir), *args],
-                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -33,14 +23,14 @@ def _launch(*args, workdir="unused"):
     (("--config=experiments/no_such.py",), "config file 'experiments/no_such.py' does not exist"),
 ])
 def test_config_errors_exit_with_one_clear_line(args, message):
-  done = _launch(*args)
+  done = launch(*args, workdir="unused")  # Fails before using it.
   assert done.returncode == 2
   assert done.stderr.count("\n") == 1, done.stderr
   assert done.stderr.startswith(f"launch.py: error: {message}"), done.stderr
 
 
 def test_invalid_value_names_the_field(tmp_path):
-  done = _launch(f"--config={TOY}", "--config.train.total_steps=0", workdir=tmp_path)
+  done = launch(f"--config={TOY}", "--config.train.total_steps=0", workdir=tmp_path)
   assert done.returncode == 1
   assert done.stderr.splitlines()[-1] == (
       "launch.py: error: train.total_steps must be >= 1, got 0"), done.stderr
@@ -48,7 +38,7 @@ def test_invalid_value_names_the_field(tmp_path):
 
 def test_toy_prm_reaches_95_percent_step_accuracy(tmp_path):
   """experiments/prm_toy.py's claim (soft labels, a shorter run), through launch.py."""
-  done = _launch(f"--config={TOY}:soft", "--config.train.total_steps=150",
+  done = launch(f"--config={TOY}:soft", "--config.train.total_steps=150",
                  "--config.train.eval_every=0", workdir=tmp_path)
   assert done.returncode == 0, done.stderr[-3000:]
   final = metric_writer.read_metrics(str(tmp_path))[-1]

@@ -6,37 +6,25 @@ import os
 import signal
 import struct
 import subprocess
-import sys
 import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.launch_helper import ROOT, launch, launch_command, launch_env
+
 SMOKE = ("--config", os.path.join("experiments", "quickstart.py:smoke"))
 METHODS = ("majority", "prm_vote", "prm_min", "prm_prod", "prm_last", "orm", "oracle", "random")
 TIMINGS = ("wall_seconds", "labeling_seconds")  # The only entries a rerun may change.
 
 
-def _command(workdir):
-  return [sys.executable, "launch.py", *SMOKE, "--workdir", str(workdir)]
-
-
-def _env():
-  # One CPU device, as a user's run has (8 virtual devices only slow it down here).
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env["PYTHONPATH"] = ROOT
-  return env
-
-
 def _run(workdir):
-  return subprocess.run(_command(workdir), capture_output=True, text=True, env=_env(),
-                        cwd=ROOT, timeout=600)
+  return launch(*SMOKE, workdir=workdir)
 
 
 def _kill_once_exists(workdir, path: str, timeout: float = 300):
   """Start the run; SIGKILL it as soon as `workdir/path` exists (a stage is underway)."""
-  process = subprocess.Popen(_command(workdir), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, env=_env(), cwd=ROOT)
+  process = subprocess.Popen(launch_command(*SMOKE, workdir=workdir), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=launch_env(), cwd=ROOT)
   deadline = time.monotonic() + timeout
   try:
     while not os.path.exists(os.path.join(workdir, path)):

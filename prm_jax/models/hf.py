@@ -505,8 +505,8 @@ def save_pretrained(config: ModelConfig, params: dict, path: Path, *, head: str 
       value = host if layer is None else host[layer]
       tensors[name] = specs[leaf_path].to_hf(value.astype(np_dtype))
     if writer:
-      files.atomic_write(folder / filename, lambda tmp: save_file(tensors, tmp,
-                                                             metadata={"format": "pt"}))
+      files.atomic_write(folder / filename,
+                         lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
   if writer:
     if len(shards) > 1:
       index = {"metadata": {"total_size": int(sum(sizes))},
