@@ -208,3 +208,34 @@ def test_project_differentiates_like_the_plain_product(dtype, out_dtype):
     assert g.dtype == e.dtype
     np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(e, np.float32),
                                rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("query_block", [4, 128])
+def test_causal_attention_matches_autodiff_of_plain_softmax_attention(dtype, query_block,
+                                                                       monkeypatch):
+  """Blocked queries + custom VJP == one softmax over all keys, values and gradients
+  (left-padded rows, GQA; padding query rows are never read, so they are not compared)."""
+  monkeypatch.setattr(transformer, "QUERY_BLOCK", query_block)
+  rng = np.random.default_rng(0)
+  b, t, h, kv, dh = 3, 11, 6, 2, 8
+  q, k, v = (jnp.asarray(rng.normal(size=(b, t, n, dh)), dtype) for n in (h, kv, kv))
+  real = np.zeros((b, t), bool)
+  for row, length in enumerate([11, 7, 1]):
+    real[row, t - length:] = True
+  mask = jnp.asarray(real[:, None, :] & np.tril(np.ones((t, t), bool))[None])
+  probe = jnp.asarray(rng.normal(size=(b, t, h, dh)) * real[:, :, None, None], jnp.float32)
+  loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32) * probe)
+  plain = lambda q, k, v: transformer.attend(q, [(k, v, mask)])
+  blocked = lambda q, k, v: transformer.causal_attention(q, k, v, mask)
+  tolerance = 1e-5 if dtype == jnp.float32 else 3e-2
+  rows = real[:, :, None, None]
+  np.testing.assert_allclose(np.asarray(blocked(q, k, v), np.float32) * rows,
+                             np.asarray(plain(q, k, v), np.float32) * rows,
+                             rtol=tolerance, atol=tolerance)
+  expected = jax.grad(loss(plain), argnums=(0, 1, 2))(q, k, v)
+  got = jax.grad(loss(blocked), argnums=(0, 1, 2))(q, k, v)
+  for g, e in zip(got, expected):
+    assert g.dtype == e.dtype == dtype
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(e, np.float32),
+                               rtol=tolerance, atol=tolerance)

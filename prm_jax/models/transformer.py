@@ -105,7 +105,8 @@ project.defvjp(_project_fwd, _project_bwd)
 
 
 def attend(q: jax.Array, key_blocks) -> jax.Array:
-  """Grouped-query softmax attention with fp32 scores, over one or more blocks of keys.
+  """Grouped-query softmax attention with fp32 scores, over one or more blocks of keys
+  (the KV-cache path; without a cache, `causal_attention`).
 
   Args:
     q: `[B, T, H, Dh]`.
@@ -129,6 +130,92 @@ def attend(q: jax.Array, key_blocks) -> jax.Array:
   out = sum(jnp.einsum("bkgts,bskd->btkgd", p.astype(q.dtype), v.astype(q.dtype))
             for p, (_, v, _) in zip(jnp.split(probs, splits, axis=-1), key_blocks))
   return out.reshape(b, t, h, dh)
+
+
+# Queries per block of `causal_attention`: with causal masking, a block only needs the keys
+# up to its own end, so blocks skip a fraction 1/2 - QUERY_BLOCK / 2T of the score matrix.
+QUERY_BLOCK = 128
+
+
+def _masked_scores(q, k, mask):
+  """fp32 scaled scores `[B, K, G, T, S]`, MASK_VALUE where `mask [B, T, S]` is False.
+
+  q `[B, K, G, T, Dh]`, k `[B, K, S, Dh]` (heads-major: every product below is a plain
+  batched matrix product, with no transposes of the `[T, S]` matrices).
+  """
+  scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
+  return jnp.where(mask[:, None, None], scores / math.sqrt(q.shape[-1]), MASK_VALUE)
+
+
+def _block_attention_fwd(q, k, v, mask):
+  scores = _masked_scores(q, k, mask)
+  peak = jnp.max(scores, axis=-1, keepdims=True)
+  weights = jnp.exp(scores - peak)
+  total = jnp.sum(weights, axis=-1, keepdims=True)
+  # Normalise the [T, Dh] output rather than the [T, S] weights: one pass fewer.
+  out = jnp.einsum("bkgts,bksd->bkgtd", weights.astype(v.dtype), v,
+                   preferred_element_type=jnp.float32) / total
+  out = out.astype(v.dtype)
+  return out, (q, k, v, mask, out, peak + jnp.log(total))
+
+
+def _block_attention_bwd(residuals, d_out):
+  q, k, v, mask, out, logsumexp = residuals
+  scores = _masked_scores(q, k, mask)
+  probs = jnp.exp(scores - logsumexp)  # Recomputed: nothing of size [T, S] was saved.
+  d_out32 = d_out.astype(jnp.float32)
+  d_v = jnp.einsum("bkgts,bkgtd->bksd", probs.astype(v.dtype), d_out.astype(v.dtype),
+                   preferred_element_type=jnp.float32)
+  d_probs = jnp.einsum("bkgtd,bksd->bkgts", d_out.astype(v.dtype), v,
+                       preferred_element_type=jnp.float32)
+  row_dot = jnp.sum(d_out32 * out.astype(jnp.float32), axis=-1, keepdims=True)
+  # Softmax backward; masked scores are constants (no gradient), as in autodiff's `where`.
+  d_scores = jnp.where(mask[:, None, None], probs * (d_probs - row_dot), 0.0)
+  d_scores = (d_scores / math.sqrt(q.shape[-1])).astype(q.dtype)
+  d_q = jnp.einsum("bkgts,bksd->bkgtd", d_scores, k, preferred_element_type=jnp.float32)
+  d_k = jnp.einsum("bkgts,bkgtd->bksd", d_scores, q, preferred_element_type=jnp.float32)
+  return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), None
+
+
+@jax.custom_vjp
+def _block_attention(q, k, v, mask):
+  """Softmax attention, heads-major: q `[B, K, G, T, Dh]`, k, v `[B, K, S, Dh]`, mask
+  `[B, T, S]` -> `[B, K, G, T, Dh]`.
+
+  Custom VJP (flash-attention style): saves the output and the row log-sum-exp and
+  recomputes the probabilities in the backward pass. Autodiff would save the fp32
+  probabilities of every layer (`[L, B, H, T, T]`: 1.1 GB for SmolLM2 at 4 x 512) and,
+  on XLA:CPU, transpose them inside elementwise fusions (benchmarks/RESULTS.md).
+  """
+  return _block_attention_fwd(q, k, v, mask)[0]
+
+
+_block_attention.defvjp(_block_attention_fwd, _block_attention_bwd)
+
+
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """Grouped-query softmax attention without a cache, in blocks of QUERY_BLOCK queries.
+
+  Args:
+    q: `[B, T, H, Dh]`; k, v: `[B, T, K, Dh]` with `H % K == 0`.
+    mask: `[B, T, T]` bool, True where query t may attend key s; must be causal (False
+      for s > t), which is what lets query block i skip the keys after its end.
+  Returns:
+    `[B, T, H, Dh]` in the dtype of the values. Rows with nothing to attend (left
+    padding) get a uniform average over their block's keys: finite, and never read.
+  """
+  b, t, h, dh = q.shape
+  kv_heads = k.shape[2]
+  heads_major = lambda x: jnp.moveaxis(x, 1, -2)  # [B, T, ..., Dh] -> [B, ..., T, Dh]
+  q = heads_major(q.reshape(b, t, kv_heads, h // kv_heads, dh))
+  k, v = heads_major(k), heads_major(v)
+  outs = []
+  for start in range(0, t, QUERY_BLOCK):
+    end = min(start + QUERY_BLOCK, t)
+    outs.append(_block_attention(q[..., start:end, :], k[..., :end, :], v[..., :end, :],
+                                 mask[:, start:end, :end]))
+  out = jnp.concatenate(outs, axis=-2) if len(outs) > 1 else outs[0]
+  return jnp.moveaxis(out, -2, 1).reshape(b, t, h, dh)
 
 
 class Attention(nn.Module):
@@ -167,12 +254,12 @@ class Attention(nn.Module):
     k = constrain(apply_rotary(k, positions, c.rope_theta),
                   ("batch", "length", "kv_heads", "head_dim"))
     v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
-    blocks, new_cache = [(k, v, mask)], None
-    if layer_cache is not None:
+    if layer_cache is None:
+      out, new_cache = causal_attention(q, k, v, mask), None
+    else:
       cache_k, cache_v = layer_cache
       new_cache = (k.astype(cache_k.dtype), v.astype(cache_v.dtype))
-      blocks.insert(0, (cache_k, cache_v, cache_mask))
-    out = attend(q, blocks)
+      out = attend(q, [(cache_k, cache_v, cache_mask), (k, v, mask)])
     o_kernel = self.param("o_kernel", _init(c, ("heads", "head_dim", "embed")),
                           (c.num_heads, c.head_dim, c.hidden_size), c.params_dtype)
     out = out.reshape(*out.shape[:-2], -1)
