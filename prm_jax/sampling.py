@@ -173,10 +173,16 @@ def _decode_step(config: ModelConfig, sampling: SamplingConfig, params, state: D
   out = models.forward(config, params, state.inputs[:, None], cache=state.cache,
                        lm_logits="last")
   logits = out["logits"][:, 0]
-  step_keys = jax.vmap(jax.random.fold_in, (0, None))(state.keys, state.step)
-  tokens = choose_tokens(sampling, logits, step_keys)
-  stats = token_stats(logits, tokens)
-  stats["logprobs"] = stats.pop("logprob")
+  if sampling.temperature == 0:
+    # Greedy: the statistics' top-1 is the argmax (ties to the lower id, like argmax), so
+    # the logits are read once rather than twice.
+    stats = token_stats(logits)
+    tokens, stats["logprobs"] = stats["top1"], jnp.log(stats["top1_prob"])
+  else:
+    step_keys = jax.vmap(jax.random.fold_in, (0, None))(state.keys, state.step)
+    tokens = choose_tokens(sampling, logits, step_keys)
+    stats = token_stats(logits, tokens)
+    stats["logprobs"] = stats.pop("logprob")
   live = ~state.stopped
   tokens = jnp.where(live, tokens, sampling.pad_id)
   stopped = state.stopped | jnp.isin(tokens, jnp.asarray(sampling.stop_tokens, jnp.int32))

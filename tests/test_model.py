@@ -226,7 +226,8 @@ def test_causal_attention_matches_autodiff_of_plain_softmax_attention(dtype, que
   mask = jnp.asarray(real[:, None, :] & np.tril(np.ones((t, t), bool))[None])
   probe = jnp.asarray(rng.normal(size=(b, t, h, dh)) * real[:, :, None, None], jnp.float32)
   loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32) * probe)
-  plain = lambda q, k, v: transformer.attend(q, [(k, v, mask)])
+  heads_major = lambda x: jnp.swapaxes(x, 1, 2)  # The cache layout `attend` takes.
+  plain = lambda q, k, v: transformer.attend(q, [(heads_major(k), heads_major(v), mask)])
   blocked = lambda q, k, v: transformer.causal_attention(q, k, v, mask)
   tolerance = 1e-5 if dtype == jnp.float32 else 3e-2
   rows = real[:, :, None, None]

@@ -104,34 +104,6 @@ def _project_bwd(out_dtype, residuals, dy):
 project.defvjp(_project_fwd, _project_bwd)
 
 
-def attend(q: jax.Array, key_blocks) -> jax.Array:
-  """Grouped-query softmax attention with fp32 scores, over one or more blocks of keys
-  (the KV-cache path; without a cache, `causal_attention`).
-
-  Args:
-    q: `[B, T, H, Dh]`.
-    key_blocks: sequence of `(k, v, mask)`: k, v `[B, S_i, K, Dh]` with `H % K == 0`, mask
-      `[B, T or 1, S_i]` bool, True where query t may attend key s. The softmax runs over
-      all blocks together: with a KV cache, the cached keys and the new tokens' keys are
-      two blocks, so the cache is read as it is and written once after the layer scan
-      (see `prm_jax.models.forward`) instead of being rewritten inside every layer.
-  Returns:
-    `[B, T, H, Dh]` in the dtype of the values.
-  """
-  b, t, h, dh = q.shape
-  kv_heads = key_blocks[0][0].shape[2]
-  q = q.reshape(b, t, kv_heads, h // kv_heads, dh)
-  scores = [jnp.where(mask[:, None, None],
-                      jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype),
-                                 preferred_element_type=jnp.float32) / math.sqrt(dh),
-                      MASK_VALUE) for k, _, mask in key_blocks]
-  probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1)
-  splits = np.cumsum([k.shape[1] for k, _, _ in key_blocks])[:-1]
-  out = sum(jnp.einsum("bkgts,bskd->btkgd", p.astype(q.dtype), v.astype(q.dtype))
-            for p, (_, v, _) in zip(jnp.split(probs, splits, axis=-1), key_blocks))
-  return out.reshape(b, t, h, dh)
-
-
 # Queries per block of `causal_attention`: with causal masking, a block only needs the keys
 # up to its own end, so blocks skip a fraction 1/2 - QUERY_BLOCK / 2T of the score matrix.
 QUERY_BLOCK = 128
@@ -145,6 +117,37 @@ def _masked_scores(q, k, mask):
   """
   scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
   return jnp.where(mask[:, None, None], scores / math.sqrt(q.shape[-1]), MASK_VALUE)
+
+
+def _heads_major(x: jax.Array) -> jax.Array:
+  """`[B, T, ..., Dh] -> [B, ..., T, Dh]`."""
+  return jnp.moveaxis(x, 1, -2)
+
+
+def attend(q: jax.Array, key_blocks) -> jax.Array:
+  """Grouped-query softmax attention over one or more blocks of keys (the KV-cache path;
+  without a cache, `causal_attention`).
+
+  Args:
+    q: `[B, T, H, Dh]`.
+    key_blocks: sequence of `(k, v, mask)`: k, v `[B, K, S_i, Dh]` (heads-major, the cache
+      layout) with `H % K == 0`, mask `[B, T or 1, S_i]` bool, True where query t may
+      attend key s. The softmax runs over all blocks together: with a KV cache, the cached
+      keys and the new tokens' keys are two blocks, so the cache is read as it is and
+      written once after the layer scan (see `prm_jax.models.forward`) instead of being
+      rewritten inside every layer.
+  Returns:
+    `[B, T, H, Dh]` in the dtype of the values.
+  """
+  b, t, h, dh = q.shape
+  kv_heads = key_blocks[0][0].shape[1]
+  q = _heads_major(q.reshape(b, t, kv_heads, h // kv_heads, dh))
+  scores = [_masked_scores(q, k.astype(q.dtype), mask) for k, _, mask in key_blocks]
+  probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1)
+  splits = np.cumsum([k.shape[2] for k, _, _ in key_blocks])[:-1]
+  out = sum(jnp.einsum("bkgts,bksd->bkgtd", p.astype(q.dtype), v.astype(q.dtype))
+            for p, (_, v, _) in zip(jnp.split(probs, splits, axis=-1), key_blocks))
+  return jnp.moveaxis(out, -2, 1).reshape(b, t, h, dh)
 
 
 def _block_attention_fwd(q, k, v, mask):
@@ -206,9 +209,8 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
   """
   b, t, h, dh = q.shape
   kv_heads = k.shape[2]
-  heads_major = lambda x: jnp.moveaxis(x, 1, -2)  # [B, T, ..., Dh] -> [B, ..., T, Dh]
-  q = heads_major(q.reshape(b, t, kv_heads, h // kv_heads, dh))
-  k, v = heads_major(k), heads_major(v)
+  q = _heads_major(q.reshape(b, t, kv_heads, h // kv_heads, dh))
+  k, v = _heads_major(k), _heads_major(v)
   outs = []
   for start in range(0, t, QUERY_BLOCK):
     end = min(start + QUERY_BLOCK, t)
@@ -241,10 +243,10 @@ class Attention(nn.Module):
   def __call__(self, x, positions, mask, layer_cache, cache_mask):
     """x `[B, T, D]`, positions `[B, T]`, mask `[B, T, T]` among the new tokens.
 
-    layer_cache: None, or `(k, v)` each `[B, S, K, Dh]` (this layer's cache, read only),
+    layer_cache: None, or `(k, v)` each `[B, K, S, Dh]` (this layer's cache, read only),
       with cache_mask `[B, 1, S]` marking the slots the new tokens may attend.
     Returns the output `[B, T, D]` and, with a cache, the new tokens' `(k, v)`
-    `[B, T, K, Dh]` (in the cache dtype) for the caller to write.
+    `[B, K, T, Dh]` (in the cache dtype) for the caller to write.
     """
     c = self.config
     q = self._heads_in("q", x, c.num_heads, "heads")
@@ -258,8 +260,8 @@ class Attention(nn.Module):
       out, new_cache = causal_attention(q, k, v, mask), None
     else:
       cache_k, cache_v = layer_cache
-      new_cache = (k.astype(cache_k.dtype), v.astype(cache_v.dtype))
-      out = attend(q, [(cache_k, cache_v, cache_mask), (k, v, mask)])
+      new_cache = (_heads_major(k).astype(cache_k.dtype), _heads_major(v).astype(cache_v.dtype))
+      out = attend(q, [(cache_k, cache_v, cache_mask), new_cache + (mask,)])
     o_kernel = self.param("o_kernel", _init(c, ("heads", "head_dim", "embed")),
                           (c.num_heads, c.head_dim, c.hidden_size), c.params_dtype)
     out = out.reshape(*out.shape[:-2], -1)
