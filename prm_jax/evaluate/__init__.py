@@ -2,7 +2,7 @@
 
 from prm_jax.evaluate.best_of_n import BON_METHODS, Candidates, best_of_n_curves
 from prm_jax.evaluate.processbench import (calibrate_threshold, earliest_error, first_errors,
-                                           processbench_f1)
+                                           pad_steps, processbench_f1)
 
 __all__ = ["BON_METHODS", "Candidates", "best_of_n_curves", "calibrate_threshold", "earliest_error",
-           "first_errors", "processbench_f1"]
+           "first_errors", "pad_steps", "processbench_f1"]

@@ -51,10 +51,19 @@ def processbench_f1(predicted: np.ndarray, truth: np.ndarray) -> dict:
 DEFAULT_GRID = tuple(round(0.01 * i, 2) for i in range(1, 100))
 
 
+def pad_steps(rows) -> tuple[np.ndarray, np.ndarray]:
+  """Ragged per-step values (one list per sample) as `[B, S]` float32 and the `[B, S]` mask
+  of real steps (S >= 1), the inputs of `earliest_error`."""
+  values = np.zeros((len(rows), max((len(r) for r in rows), default=0) or 1), np.float32)
+  mask = np.zeros(values.shape, bool)
+  for index, row in enumerate(rows):
+    values[index, :len(row)], mask[index, :len(row)] = row, True
+  return values, mask
+
+
 def first_errors(step_labels) -> np.ndarray:
   """`[B]` index of the first step labelled < 0.5 in each ragged row of labels, -1 if none."""
-  return np.array([next((i for i, label in enumerate(row) if label < 0.5), -1)
-                   for row in step_labels])
+  return earliest_error(*pad_steps(step_labels), threshold=0.5)
 
 
 def calibrate_threshold(step_scores: np.ndarray, step_mask: np.ndarray, truth: np.ndarray,

@@ -36,7 +36,7 @@ from prm_jax.data import CharTokenizer, Trajectory, pipeline
 from prm_jax.data.tokenize import prompt_ids
 from prm_jax.data.tasks import generate_corpus, get_task
 from prm_jax.evaluate import (Candidates, best_of_n_curves, calibrate_threshold, earliest_error,
-                              first_errors, processbench_f1)
+                              first_errors, pad_steps, processbench_f1)
 from prm_jax.evaluate.prm_scores import score_steps
 from prm_jax.evaluate.report import write_report
 from prm_jax.objectives.prm import make_prm_loss
@@ -177,15 +177,6 @@ def _reward_data(samples, step_labels=None) -> list[Trajectory]:
   return data
 
 
-def _padded(rows) -> tuple[np.ndarray, np.ndarray]:
-  """Ragged per-step values as `[B, S]` float32, and the mask of real steps."""
-  values = np.zeros((len(rows), max((len(r) for r in rows), default=0) or 1), np.float32)
-  mask = np.zeros(values.shape, bool)
-  for index, row in enumerate(rows):
-    values[index, :len(row)], mask[index, :len(row)] = row, True
-  return values, mask
-
-
 def _json_safe(metrics: dict) -> dict:
   """Undefined metrics (no erroneous sample, say) are NaN: stored as null."""
   return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in metrics.items()}
@@ -200,10 +191,10 @@ def _processbench(config, test_samples, test_scores, train_scores, train_labels)
   """
   setting = config.eval.processbench_threshold
   if setting == "calibrate":
-    threshold, _ = calibrate_threshold(*_padded(train_scores), first_errors(train_labels))
+    threshold, _ = calibrate_threshold(*pad_steps(train_scores), first_errors(train_labels))
   else:
     threshold = float(setting)
-  scores, mask = _padded(test_scores)
+  scores, mask = pad_steps(test_scores)
   truth = np.array([s["first_error"] for s in test_samples])
   result = processbench_f1(earliest_error(scores, mask, threshold), truth)
   result.update(threshold=threshold,
@@ -214,7 +205,7 @@ def _processbench(config, test_samples, test_scores, train_scores, train_labels)
 def _evaluate(config, test_samples, prm_scores, orm_scores) -> dict:
   num_samples = config.sampling.num_samples
   problems = len(test_samples) // num_samples
-  step_scores, step_mask = _padded(prm_scores)
+  step_scores, step_mask = pad_steps(prm_scores)
   step_scores = step_scores.reshape(problems, num_samples, -1)
   step_mask = step_mask.reshape(step_scores.shape)
   answer_ids = np.full((problems, num_samples), -1)
