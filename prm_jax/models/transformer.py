@@ -166,12 +166,12 @@ def _block_attention_bwd(residuals, d_out):
   q, k, v, mask, out, logsumexp = residuals
   scores = _masked_scores(q, k, mask)
   probs = jnp.exp(scores - logsumexp)  # Recomputed: nothing of size [T, S] was saved.
-  d_out32 = d_out.astype(jnp.float32)
-  d_v = jnp.einsum("bkgts,bkgtd->bksd", probs.astype(v.dtype), d_out.astype(v.dtype),
+  d_out = d_out.astype(v.dtype)
+  d_v = jnp.einsum("bkgts,bkgtd->bksd", probs.astype(v.dtype), d_out,
                    preferred_element_type=jnp.float32)
-  d_probs = jnp.einsum("bkgtd,bksd->bkgts", d_out.astype(v.dtype), v,
-                       preferred_element_type=jnp.float32)
-  row_dot = jnp.sum(d_out32 * out.astype(jnp.float32), axis=-1, keepdims=True)
+  d_probs = jnp.einsum("bkgtd,bksd->bkgts", d_out, v, preferred_element_type=jnp.float32)
+  row_dot = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1,
+                    keepdims=True)
   # Softmax backward; masked scores are constants (no gradient), as in autodiff's `where`.
   d_scores = jnp.where(mask[:, None, None], probs * (d_probs - row_dot), 0.0)
   d_scores = (d_scores / math.sqrt(q.shape[-1])).astype(q.dtype)
