@@ -109,13 +109,15 @@ project.defvjp(_project_fwd, _project_bwd)
 QUERY_BLOCK = 128
 
 
-def _masked_scores(q, k, mask):
+def _masked_scores(q, k, mask, *, keys_transposed=False):
   """fp32 scaled scores `[B, K, G, T, S]`, MASK_VALUE where `mask [B, T, S]` is False.
 
-  q `[B, K, G, T, Dh]`, k `[B, K, S, Dh]` (heads-major: every product below is a plain
-  batched matrix product, with no transposes of the `[T, S]` matrices).
+  q `[B, K, G, T, Dh]`, k `[B, K, S, Dh]`, or `[B, K, Dh, S]` if `keys_transposed` (the
+  cache layout). Heads-major: every product is a plain batched matrix product, with no
+  transposes of the `[T, S]` matrices.
   """
-  scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
+  spec = "bkgtd,bkds->bkgts" if keys_transposed else "bkgtd,bksd->bkgts"
+  scores = jnp.einsum(spec, q, k, preferred_element_type=jnp.float32)
   return jnp.where(mask[:, None, None], scores / math.sqrt(q.shape[-1]), MASK_VALUE)
 
 
@@ -130,9 +132,9 @@ def attend(q: jax.Array, key_blocks) -> jax.Array:
 
   Args:
     q: `[B, T, H, Dh]`.
-    key_blocks: sequence of `(k, v, mask)`: k, v `[B, K, S_i, Dh]` (heads-major, the cache
-      layout) with `H % K == 0`, mask `[B, T or 1, S_i]` bool, True where query t may
-      attend key s. The softmax runs over all blocks together: with a KV cache, the cached
+    key_blocks: sequence of `(k, v, mask)` in the cache layout: keys transposed, k
+      `[B, K, Dh, S_i]`, v `[B, K, S_i, Dh]`, with `H % K == 0`; mask `[B, T or 1, S_i]`
+      bool, True where query t may attend key s. The softmax runs over all blocks together: with a KV cache, the cached
       keys and the new tokens' keys are two blocks, so the cache is read as it is and
       written once after the layer scan (see `prm_jax.models.forward`) instead of being
       rewritten inside every layer.
@@ -142,9 +144,10 @@ def attend(q: jax.Array, key_blocks) -> jax.Array:
   b, t, h, dh = q.shape
   kv_heads = key_blocks[0][0].shape[1]
   q = _heads_major(q.reshape(b, t, kv_heads, h // kv_heads, dh))
-  scores = [_masked_scores(q, k.astype(q.dtype), mask) for k, _, mask in key_blocks]
+  scores = [_masked_scores(q, k.astype(q.dtype), mask, keys_transposed=True)
+            for k, _, mask in key_blocks]
   probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1)
-  splits = np.cumsum([k.shape[2] for k, _, _ in key_blocks])[:-1]
+  splits = np.cumsum([v.shape[2] for _, v, _ in key_blocks])[:-1]
   out = sum(jnp.einsum("bkgts,bksd->bkgtd", p.astype(q.dtype), v.astype(q.dtype))
             for p, (_, v, _) in zip(jnp.split(probs, splits, axis=-1), key_blocks))
   return jnp.moveaxis(out, -2, 1).reshape(b, t, h, dh)
@@ -243,10 +246,10 @@ class Attention(nn.Module):
   def __call__(self, x, positions, mask, layer_cache, cache_mask):
     """x `[B, T, D]`, positions `[B, T]`, mask `[B, T, T]` among the new tokens.
 
-    layer_cache: None, or `(k, v)` each `[B, K, S, Dh]` (this layer's cache, read only),
-      with cache_mask `[B, 1, S]` marking the slots the new tokens may attend.
-    Returns the output `[B, T, D]` and, with a cache, the new tokens' `(k, v)`
-    `[B, K, T, Dh]` (in the cache dtype) for the caller to write.
+    layer_cache: None, or this layer's cache `(k [B, K, Dh, S], v [B, K, S, Dh])` (read
+      only), with cache_mask `[B, 1, S]` marking the slots the new tokens may attend.
+    Returns the output `[B, T, D]` and, with a cache, the new tokens' `(k [B, K, Dh, T],
+    v [B, K, T, Dh])` (in the cache dtype) for the caller to write.
     """
     c = self.config
     q = self._heads_in("q", x, c.num_heads, "heads")
@@ -260,7 +263,8 @@ class Attention(nn.Module):
       out, new_cache = causal_attention(q, k, v, mask), None
     else:
       cache_k, cache_v = layer_cache
-      new_cache = (_heads_major(k).astype(cache_k.dtype), _heads_major(v).astype(cache_v.dtype))
+      new_cache = (jnp.einsum("btkd->bkdt", k).astype(cache_k.dtype),
+                   _heads_major(v).astype(cache_v.dtype))
       out = attend(q, [(cache_k, cache_v, cache_mask), new_cache + (mask,)])
     o_kernel = self.param("o_kernel", _init(c, ("heads", "head_dim", "embed")),
                           (c.num_heads, c.head_dim, c.hidden_size), c.params_dtype)
