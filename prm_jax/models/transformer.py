@@ -134,10 +134,10 @@ def attend(q: jax.Array, key_blocks) -> jax.Array:
     q: `[B, T, H, Dh]`.
     key_blocks: sequence of `(k, v, mask)` in the cache layout: keys transposed, k
       `[B, K, Dh, S_i]`, v `[B, K, S_i, Dh]`, with `H % K == 0`; mask `[B, T or 1, S_i]`
-      bool, True where query t may attend key s. The softmax runs over all blocks together: with a KV cache, the cached
-      keys and the new tokens' keys are two blocks, so the cache is read as it is and
-      written once after the layer scan (see `prm_jax.models.forward`) instead of being
-      rewritten inside every layer.
+      bool, True where query t may attend key s. The softmax runs over all blocks
+      together: with a KV cache, the cached keys and the new tokens' keys are two blocks,
+      so the cache is read as it is and written once after the layer scan (see
+      `prm_jax.models.forward`) instead of being rewritten inside every layer.
   Returns:
     `[B, T, H, Dh]` in the dtype of the values.
   """
@@ -255,7 +255,8 @@ class Attention(nn.Module):
     q = self._heads_in("q", x, c.num_heads, "heads")
     k = self._heads_in("k", x, c.num_kv_heads, "kv_heads")
     v = self._heads_in("v", x, c.num_kv_heads, "kv_heads")
-    q = constrain(apply_rotary(q, positions, c.rope_theta), ("batch", "length", "heads", "head_dim"))
+    q = constrain(apply_rotary(q, positions, c.rope_theta),
+                  ("batch", "length", "heads", "head_dim"))
     k = constrain(apply_rotary(k, positions, c.rope_theta),
                   ("batch", "length", "kv_heads", "head_dim"))
     v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
