@@ -12,7 +12,7 @@ a PRM initialised from the policy is trained on soft Monte Carlo step labels of 
 samples (4 rollouts from every step prefix, Math-Shepherd), and an outcome RM on the same
 samples' final answers.
 
-Expected result (2-core CPU, 6-7 minutes; `benchmarks/RESULTS.md` has 3 seeds):
+Expected result (2-core CPU, about 5 minutes; `benchmarks/RESULTS.md` has 3 seeds):
 `runs/quickstart/results.md` shows a policy right on about 60% of samples, the
 PRM-weighted vote at N=16 well above plain majority vote (which locks onto the
 misconception's answer on long chains) and above the ORM, ProcessBench F1 of the PRM
