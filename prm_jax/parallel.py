@@ -129,7 +129,7 @@ def param_shardings(config: models.ModelConfig, mesh: Mesh, rules: Rules = LOGIC
 
 def cache_shardings(cache, mesh: Mesh, rules: Rules = LOGICAL_AXIS_RULES):
   """`NamedSharding` tree for a KV cache (or its abstract shape)."""
-  return tree_shardings(models.cache_logical_axes(), cache, mesh, rules)
+  return tree_shardings(models.cache_logical_axes(cache), cache, mesh, rules)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

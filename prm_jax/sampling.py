@@ -21,6 +21,13 @@ The first decode step feeds the prefix's last token again (its cached copy is ma
 so the logits of every sampled token come from a decode step, the prefill computes no LM
 head, and a row's prefix may end anywhere.
 
+Layers. With `unroll_layers` (the default on CPU) the call unstacks the blocks
+(`models.unstack_layers`) and runs them as a Python loop over per-layer weights and
+per-layer KV-cache buffers, each updated in place: scanned, XLA:CPU copies each layer's
+weights and cache slice out of the stacked arrays at every step, which took longer than
+the layer's matmuls (benchmarks/RESULTS.md). The unstacked copy of the block weights
+lives for the call. Both forms give the same tokens.
+
 Randomness. Row r draws step t from `fold_in(row_key[r], t)`: give one key per row (`rng`
 of shape [R]) and a row's tokens depend only on its key, its prefix and the model -- not on
 the other rows (batch composition) nor on whether its prefix was shared. A single key gives
@@ -198,14 +205,17 @@ def _decode_step(config: ModelConfig, sampling: SamplingConfig, params, state: D
       **{name: write(getattr(state, name), stats[name]) for name in STAT_NAMES})
 
 
-def _sample(config: ModelConfig, sampling: SamplingConfig, params, input_ids, attention_mask,
-            sources, prefix_lengths, next_tokens, key_data) -> dict:
+def _sample(config: ModelConfig, sampling: SamplingConfig, unroll_layers: bool, params,
+            input_ids, attention_mask, sources, prefix_lengths, next_tokens, key_data) -> dict:
   """Prefill the prompts `[M, T]`, then decode R rows (see module docstring)."""
   prompts, length = input_ids.shape
   rows, steps = sources.shape[0], sampling.max_new_tokens
   # The barrier keeps XLA from constant-folding attention over the empty cache (seconds
   # of compile time for nothing).
-  cache = jax.lax.optimization_barrier(models.init_cache(config, prompts, length + steps))
+  if unroll_layers:
+    params = models.unstack_layers(params)
+  cache = jax.lax.optimization_barrier(models.init_cache(config, prompts, length + steps,
+                                                         unrolled=unroll_layers))
   cache = models.forward(config, params, input_ids, attention_mask=attention_mask, cache=cache,
                          lm_logits="none")["cache"]
   # Rows copy their prompt's cache; slots past the prefix (left padding: the prefix ends
@@ -216,12 +226,15 @@ def _sample(config: ModelConfig, sampling: SamplingConfig, params, input_ids, at
   forced = next_tokens >= 0
   keep = end - 1 + forced
   slots = jnp.arange(length + steps)
-  row_cache = {"k": jnp.take(cache["k"], sources, axis=1),
-               "v": jnp.take(cache["v"], sources, axis=1),
+  if unroll_layers:
+    rows_of = lambda layers: tuple(jnp.take(x, sources, axis=0) for x in layers)
+  else:
+    rows_of = lambda x: jnp.take(x, sources, axis=1)
+  row_cache = {"k": rows_of(cache["k"]), "v": rows_of(cache["v"]),
                "mask": jnp.take(cache["mask"], sources, axis=0) & (slots[None] < keep[:, None]),
                "index": cache["index"]}
   row_cache = jax.tree.map(lambda x, spec: constrain(x, tuple(spec)), row_cache,
-                           models.cache_logical_axes())
+                           models.cache_logical_axes(row_cache))
   inputs = jnp.where(forced, next_tokens, input_ids[sources, end - 1]).astype(jnp.int32)
 
   def buffer(dtype, fill=0):
@@ -240,8 +253,9 @@ def _sample(config: ModelConfig, sampling: SamplingConfig, params, input_ids, at
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(config: ModelConfig, sampling: SamplingConfig, mesh, rules, prompts_sharded: bool):
-  fn = functools.partial(_sample, config, sampling)
+def _compiled(config: ModelConfig, sampling: SamplingConfig, unroll_layers: bool, mesh, rules,
+              prompts_sharded: bool):
+  fn = functools.partial(_sample, config, sampling, unroll_layers)
   if mesh is None:
     return jax.jit(fn)
   rows = parallel.batch_sharding(mesh, 1, rules)
@@ -284,12 +298,12 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
                       sources, prefix_lengths, max_new_tokens: int, next_tokens=None,
                       temperature: float = 0.0, top_k: int | None = None,
                       top_p: float | None = None, stop_tokens=(), pad_id: int = 0, rng=None,
-                      length_bucket: int = 32, mesh=None, rules=parallel.LOGICAL_AXIS_RULES
-                      ) -> dict:
+                      length_bucket: int = 32, unroll_layers: bool | None = None, mesh=None,
+                      rules=parallel.LOGICAL_AXIS_RULES) -> dict:
   """Continue R prefixes of M left-padded prompts, all in one batch.
 
   Args:
-    config, params: the model.
+    config, params: the model (stacked parameters, as `init_params` and the loaders give).
     input_ids: `[M, T]` int prompts (trajectories), left-padded; attention_mask `[M, T]`.
     sources: `[R]` int, the prompt each row continues.
     prefix_lengths: `[R]` int, how many of that prompt's real tokens the row keeps
@@ -300,6 +314,7 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
       (uint32) threefry keys. Default `jax.random.key(0)`.
     length_bucket: T is left-padded up to a multiple of this, so that prompts of nearby
       lengths reuse one compiled program.
+    unroll_layers: decode with unrolled layers (module docstring); None: on CPU only.
     mesh: run data-parallel (rows over `batch`'s mesh axes) and tensor-parallel on it;
       `params` should be placed with `parallel.param_shardings`.
   Returns:
@@ -309,6 +324,12 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
   sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
                             top_k=top_k, top_p=top_p, stop_tokens=tuple(stop_tokens),
                             pad_id=pad_id)
+  if "layers" not in params:
+    raise ValueError("the sampler takes stacked parameters (a `layers` entry, as loaded or "
+                     "trained) and unrolls them itself (`unroll_layers`)")
+  if unroll_layers is None:
+    device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
+    unroll_layers = device.platform == "cpu"
   input_ids = np.asarray(input_ids, np.int32)
   if input_ids.ndim != 2:
     raise ValueError(f"input_ids must be [prompts, length], got shape {input_ids.shape}")
@@ -351,7 +372,7 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
     (sources, prefix_lengths, next_tokens, keys), rows = _pad_rows(
         [sources, prefix_lengths, next_tokens, keys], parallelism)
     params = jax.device_put(params, parallel.param_shardings(config, mesh, rules))
-  run = _compiled(config, sampling, mesh, tuple(rules), prompts_sharded)
+  run = _compiled(config, sampling, bool(unroll_layers), mesh, tuple(rules), prompts_sharded)
   out = run(params, input_ids, mask, sources, prefix_lengths, next_tokens, keys)
   return {name: value[:rows] for name, value in out.items()}
 
@@ -359,8 +380,8 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
 def generate(config: ModelConfig, params, input_ids, attention_mask=None, *,
              max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
              top_p: float | None = None, stop_tokens=(), rng=None, num_samples: int = 1,
-             pad_id: int = 0, length_bucket: int = 32, mesh=None,
-             rules=parallel.LOGICAL_AXIS_RULES) -> dict:
+             pad_id: int = 0, length_bucket: int = 32, unroll_layers: bool | None = None,
+             mesh=None, rules=parallel.LOGICAL_AXIS_RULES) -> dict:
   """Sample `num_samples` continuations of each of B left-padded prompts `[B, T]`.
 
   Row `b * num_samples + s` is sample s of prompt b; the samples of a prompt share its
@@ -373,5 +394,5 @@ def generate(config: ModelConfig, params, input_ids, attention_mask=None, *,
   return continue_prefixes(
       config, params, input_ids, mask, sources=sources, prefix_lengths=mask.sum(-1)[sources],
       max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-      stop_tokens=stop_tokens, pad_id=pad_id, rng=rng, length_bucket=length_bucket, mesh=mesh,
-      rules=rules)
+      stop_tokens=stop_tokens, pad_id=pad_id, rng=rng, length_bucket=length_bucket,
+      unroll_layers=unroll_layers, mesh=mesh, rules=rules)

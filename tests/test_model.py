@@ -52,14 +52,44 @@ def test_left_padding_equals_unpadded_rows(name):
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_kv_cache_decoding_reproduces_full_logits(name):
+def test_unrolled_layers_equal_scanned_layers(name):
+  config, params = _params(name)
+  ids, mask = _left_padded_batch(np.random.default_rng(5), [7, 3], 7, config.vocab_size)
+  step_positions = jnp.array([[2, 6], [4, 6]])
+  scanned = models.forward(config, params, ids, attention_mask=mask,
+                           step_positions=step_positions)
+  unstacked = models.unstack_layers(params)
+  assert "layers" not in unstacked and f"layers_{config.num_layers - 1}" in unstacked
+  unrolled = models.forward(config, unstacked, ids, attention_mask=mask,
+                            step_positions=step_positions)
+  for name in ("logits", "hidden", "step_scores"):
+    np.testing.assert_allclose(unrolled[name], scanned[name], rtol=1e-6, atol=1e-6)
+
+
+def test_cache_layout_must_match_the_parameters():
+  config, params = _params("tiny")
+  ids = jnp.zeros((1, 2), jnp.int32)
+  with pytest.raises(ValueError, match="unrolled=True"):
+    models.forward(config, models.unstack_layers(params), ids,
+                   cache=models.init_cache(config, 1, 4))
+  with pytest.raises(ValueError, match="cache layout"):
+    models.forward(config, params, ids, cache=models.init_cache(config, 1, 4, unrolled=True))
+  with pytest.raises(ValueError, match="neither stacked"):
+    models.forward(config, {"embedding": params["embedding"]}, ids)
+
+
+@pytest.mark.parametrize("unrolled", [False, True], ids=["scanned", "unrolled"])
+@pytest.mark.parametrize("name", CONFIGS)
+def test_kv_cache_decoding_reproduces_full_logits(name, unrolled):
   config, params = _params(name)
   rng = np.random.default_rng(2)
   lengths, total = [10, 6, 3], 10
   ids, mask = _left_padded_batch(rng, lengths, total, config.vocab_size)
   full = models.forward(config, params, ids, attention_mask=mask)["logits"]
   prompt = 4  # Prefill 4 (mostly padding for short rows), then one token at a time.
-  cache = models.init_cache(config, len(lengths), total + 3)
+  cache = models.init_cache(config, len(lengths), total + 3, unrolled=unrolled)
+  if unrolled:
+    params = models.unstack_layers(params)
   step = jax.jit(lambda ids, mask, cache: models.forward(
       config, params, ids, attention_mask=mask, cache=cache))
   out = step(ids[:, :prompt], mask[:, :prompt], cache)

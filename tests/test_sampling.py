@@ -156,11 +156,32 @@ def test_continuations_from_step_boundaries_equal_fresh_prompts(model, prompts):
     np.testing.assert_allclose(out["logprobs"][r], fresh["logprobs"][0], atol=1e-5)
 
 
-def test_sharded_sampling_equals_single_device(model, prompts):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_unrolled_layers_sample_like_scanned_layers(model, prompts, dtype):
+  config, params = model
+  config = config.replace(dtype=dtype, param_dtype=dtype)
+  params = jax.tree.map(lambda x: x.astype(dtype), params)
+  ids, mask = prompts
+  # bf16: the two forms round differently (XLA:CPU computes some scanned bf16 products in
+  # fp32), so a sampled draw near a CDF boundary could flip; greedy tokens must agree.
+  temperature, atol = (1.0, 1e-5) if dtype == "float32" else (0.0, 3e-2)
+  kwargs = dict(max_new_tokens=STEPS, temperature=temperature, rng=jax.random.key(4),
+                num_samples=2, stop_tokens=(7,))
+  scanned = _generate(config, params, ids, mask, unroll_layers=False, **kwargs)
+  unrolled = _generate(config, params, ids, mask, unroll_layers=True, **kwargs)
+  np.testing.assert_array_equal(unrolled["tokens"], scanned["tokens"])
+  np.testing.assert_array_equal(unrolled["lengths"], scanned["lengths"])
+  for name in ("logprobs", "entropy"):
+    np.testing.assert_allclose(unrolled[name], scanned[name], atol=atol, err_msg=name)
+
+
+@pytest.mark.parametrize("unroll_layers", [False, True], ids=["scanned", "unrolled"])
+def test_sharded_sampling_equals_single_device(model, prompts, unroll_layers):
   config, params = model
   ids, mask = prompts
   mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
-  kwargs = dict(max_new_tokens=STEPS, temperature=1.0, rng=jax.random.key(2), num_samples=3)
+  kwargs = dict(max_new_tokens=STEPS, temperature=1.0, rng=jax.random.key(2), num_samples=3,
+                unroll_layers=unroll_layers)
   single = _generate(config, params, ids, mask, **kwargs)
   sharded = _generate(config, jax.device_put(params, parallel.param_shardings(
       config, mesh)), ids[:3], mask[:3], mesh=mesh, **kwargs)  # 9 rows: padded to 12 inside.
@@ -213,6 +234,8 @@ def test_bad_arguments_are_named(model, prompts, kwargs, message):
 def test_bad_prefixes_are_named(model, prompts):
   config, params = model
   ids, mask = prompts
+  with pytest.raises(ValueError, match="stacked parameters"):
+    _generate(config, models.unstack_layers(params), ids, mask, max_new_tokens=2)
   with pytest.raises(ValueError, match="left-padded"):
     _generate(config, params, ids, mask[:, ::-1], max_new_tokens=2)
   with pytest.raises(ValueError, match="row 1: prefix_lengths=6 but prompt 1 has 5 real tokens"):

@@ -11,6 +11,15 @@ Rows are left-padded, so every row writes the same slot range; a row's own token
 is `mask.sum(-1)`, from which default positions continue. Slots may also be masked out
 afterwards (the sampler drops the slots past a row's prefix): attention and positions
 only ever count the slots the mask marks.
+
+Scanned or unrolled layers. `unstack_layers(params)` splits `layers` into `layers_0` ...
+`layers_{L-1}` (MaxText's `scan_layers=False`), and `forward` then runs the blocks as a
+Python loop, with a cache of L per-layer buffers (`init_cache(..., unrolled=True)`:
+`"k"`, `"v"` are tuples of `[B, K, Dh, S]` / `[B, K, S, Dh]`) that each block updates in
+place. Why both: scanning keeps compile time and training memory flat in L, but on
+XLA:CPU every scanned step copies its layer's weights and cache slice out of the stacked
+arrays, which dominates a decode step (see `prm_jax.sampling`, which decodes unrolled on
+CPU). The results are the same either way.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from prm_jax.models.config import ModelConfig
-from prm_jax.models.transformer import Transformer
+from prm_jax.models.transformer import Transformer, write_slots
 
 LM_LOGITS = ("all", "last", "none")
 
@@ -49,8 +58,36 @@ def param_logical_axes(config: ModelConfig) -> dict:
   return nn.get_partition_spec(boxed)["params"]
 
 
-def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None) -> dict:
-  """An empty KV cache with `max_length` slots per row (see module docstring)."""
+def unstack_layers(params: dict) -> dict:
+  """The same parameters with `layers` (leaves `[L, ...]`) split into `layers_0` ...
+  `layers_{L-1}`: the unrolled layout (module docstring). Inside `jit` this is one copy
+  of the block weights."""
+  if "layers" not in params:
+    raise ValueError("unstack_layers needs stacked parameters (a `layers` entry); got keys "
+                     f"{sorted(params)}")
+  layers = params["layers"]
+  count = jax.tree.leaves(layers)[0].shape[0]
+  unstacked = {name: value for name, value in params.items() if name != "layers"}
+  unstacked.update({f"layers_{i}": jax.tree.map(lambda x, i=i: x[i], layers)
+                    for i in range(count)})
+  return unstacked
+
+
+def _scanned(config: ModelConfig, params: dict) -> bool:
+  """Whether `params` hold stacked (scanned) or unstacked (unrolled) blocks."""
+  if "layers" in params:
+    return True
+  if all(f"layers_{i}" in params for i in range(config.num_layers)):
+    return False
+  raise ValueError(f"params hold neither stacked blocks (`layers`) nor the "
+                   f"{config.num_layers} unstacked `layers_i` of this config; got keys "
+                   f"{sorted(params)}")
+
+
+def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None, *,
+               unrolled: bool = False) -> dict:
+  """An empty KV cache with `max_length` slots per row (see module docstring); `unrolled`:
+  L per-layer buffers, for unstacked parameters."""
   if max_length > config.max_seq_len:
     raise ValueError(f"cache length {max_length} exceeds ModelConfig.max_seq_len="
                      f"{config.max_seq_len}")
@@ -60,16 +97,25 @@ def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None
   # fastest (decode attention ~1.4x faster again; benchmarks/RESULTS.md).
   heads = (config.num_layers, batch_size, config.num_kv_heads)
   dtype = dtype or config.compute_dtype
-  return {"k": jnp.zeros(heads + (config.head_dim, max_length), dtype),
-          "v": jnp.zeros(heads + (max_length, config.head_dim), dtype),
-          "mask": jnp.zeros((batch_size, max_length), bool), "index": jnp.zeros((), jnp.int32)}
+  k = jnp.zeros(heads + (config.head_dim, max_length), dtype)
+  v = jnp.zeros(heads + (max_length, config.head_dim), dtype)
+  if unrolled:
+    k, v = tuple(k[0] for _ in range(config.num_layers)), tuple(v[0] for _ in
+                                                                 range(config.num_layers))
+  return {"k": k, "v": v, "mask": jnp.zeros((batch_size, max_length), bool),
+          "index": jnp.zeros((), jnp.int32)}
 
 
-def cache_logical_axes() -> dict:
-  """Logical `PartitionSpec`s of the cache pytree."""
-  return {"k": P("layers", "batch", "kv_heads", "head_dim", "length"),
-          "v": P("layers", "batch", "kv_heads", "length", "head_dim"),
-          "mask": P("batch", "length"), "index": P()}
+def cache_logical_axes(cache: dict | None = None) -> dict:
+  """Logical `PartitionSpec`s of a cache pytree (stacked unless `cache` is unrolled)."""
+  k, v = P("batch", "kv_heads", "head_dim", "length"), P("batch", "kv_heads", "length",
+                                                        "head_dim")
+  if cache is not None and isinstance(cache["k"], (tuple, list)):
+    layers = len(cache["k"])
+    k, v = (k,) * layers, (v,) * layers
+  else:
+    k, v = P("layers", *k), P("layers", *v)
+  return {"k": k, "v": v, "mask": P("batch", "length"), "index": P()}
 
 
 def default_positions(attention_mask: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
@@ -123,34 +169,51 @@ def forward(config: ModelConfig, params: dict, input_ids: jax.Array, *,
     raise ValueError(f"attention_mask shape {attention_mask.shape} != input_ids shape "
                      f"{input_ids.shape}")
 
+  scan_layers = _scanned(config, params)
+  causal = jnp.tril(jnp.ones((length, length), bool))
+  mask = attention_mask[:, None, :] & causal[None]
   if cache is None:
     if length > config.max_seq_len:
       raise ValueError(f"sequence length {length} exceeds ModelConfig.max_seq_len="
                        f"{config.max_seq_len}")
-    cache_kv, cache_mask, offset = None, None, 0
+    cache_kv, cache_mask, cache_index, offset = None, None, None, 0
   else:
+    if isinstance(cache["k"], (tuple, list)) == scan_layers:
+      raise ValueError("the cache layout must match the parameters': stacked parameters take "
+                       "init_cache(...), unstacked ones init_cache(..., unrolled=True)")
     slots = cache["mask"].shape[1]
     if length > slots:
       raise ValueError(f"{length} new tokens do not fit a cache of {slots} slots")
-    cache_kv = (cache["k"], cache["v"])
-    # The new tokens attend the filled slots before `index`; they are written after the
-    # layer scan (one update of the whole cache, not one per layer).
-    cache_mask = (cache["mask"] & (jnp.arange(slots) < cache["index"]))[:, None, :]
+    index = cache["index"]
+    # The new tokens attend the filled slots before `index`, and each other causally.
+    filled = (cache["mask"] & (jnp.arange(slots) < index))[:, None, :]
+    if scan_layers:
+      # Written after the layer scan (one update of the whole cache, not one per layer).
+      cache_kv, cache_mask, cache_index = (cache["k"], cache["v"]), filled, None
+    else:
+      # Each block writes its buffer at `index` first, then attends every slot.
+      new = jnp.arange(slots) - index  # Slot s holds new token s - index.
+      new_mask = ((new >= 0) & (new < length))[None, None, :] & (
+          new[None, :] <= jnp.arange(length)[:, None])[None] & jnp.take(
+              attention_mask, jnp.clip(new, 0, length - 1), axis=1)[:, None, :]
+      cache_kv, cache_mask, cache_index = tuple(zip(cache["k"], cache["v"])), (
+          filled | new_mask), index
     offset = jnp.sum(cache["mask"], axis=-1)
   if positions is None:
     positions = default_positions(attention_mask, offset)
-  causal = jnp.tril(jnp.ones((length, length), bool))
-  mask = attention_mask[:, None, :] & causal[None]
 
-  outputs = Transformer(config).apply(
-      {"params": params}, input_ids, positions, mask, cache_kv, cache_mask,
+  outputs = Transformer(config, scan_layers=scan_layers).apply(
+      {"params": params}, input_ids, positions, mask, cache_kv, cache_mask, cache_index,
       step_positions=step_positions, lm_logits=lm_logits)
   new_kv = outputs.pop("cache_kv")
   if cache is not None:
-    index = cache["index"]
+    if scan_layers:
+      k = write_slots(cache["k"], new_kv[0], index, axis=4)
+      v = write_slots(cache["v"], new_kv[1], index, axis=3)
+    else:
+      k, v = tuple(k for k, _ in new_kv), tuple(v for _, v in new_kv)
     outputs["cache"] = {
-        "k": jax.lax.dynamic_update_slice(cache["k"], new_kv[0], (0, 0, 0, 0, index)),
-        "v": jax.lax.dynamic_update_slice(cache["v"], new_kv[1], (0, 0, 0, index, 0)),
+        "k": k, "v": v,
         "mask": jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, index)),
         "index": index + length}
   return outputs

@@ -113,6 +113,21 @@ project.defvjp(_project_fwd, _project_bwd)
 QUERY_BLOCK = 128
 
 
+def write_slots(buffer: jax.Array, update: jax.Array, index, axis: int) -> jax.Array:
+  """`buffer` with `update` written at `index` along `axis` (a KV-cache write), in place.
+
+  Two-byte floats are written through a same-width integer view: XLA:CPU performs a
+  bf16 update in fp32, converting the whole buffer there and back -- a full copy of the
+  cache per write instead of a few bytes. The view is free on every backend.
+  """
+  update = update.astype(buffer.dtype)
+  if not (jnp.issubdtype(buffer.dtype, jnp.floating) and buffer.dtype.itemsize == 2):
+    return jax.lax.dynamic_update_slice_in_dim(buffer, update, index, axis)
+  bits = lambda x: jax.lax.bitcast_convert_type(x, jnp.uint16)
+  written = jax.lax.dynamic_update_slice_in_dim(bits(buffer), bits(update), index, axis)
+  return jax.lax.bitcast_convert_type(written, buffer.dtype)
+
+
 def _masked_scores(q, k, mask, *, keys_transposed=False):
   """fp32 scaled scores `[B, K, G, T, S]`, MASK_VALUE where `mask [B, T, S]` is False.
 
@@ -248,13 +263,19 @@ class Attention(nn.Module):
     return y
 
   @nn.compact
-  def __call__(self, x, positions, mask, layer_cache, cache_mask):
+  def __call__(self, x, positions, mask, layer_cache, cache_mask, cache_index):
     """x `[B, T, D]`, positions `[B, T]`, mask `[B, T, T]` among the new tokens.
 
-    layer_cache: None, or this layer's cache `(k [B, K, Dh, S], v [B, K, S, Dh])` (read
-      only), with cache_mask `[B, 1, S]` marking the slots the new tokens may attend.
-    Returns the output `[B, T, D]` and, with a cache, the new tokens' `(k [B, K, Dh, T],
-    v [B, K, T, Dh])` (in the cache dtype) for the caller to write.
+    layer_cache: None, or this layer's cache `(k [B, K, Dh, S], v [B, K, S, Dh])`, used
+      one of two ways:
+      * cache_index None (scanned layers): the cache is read only, cache_mask `[B, 1, S]`
+        marks the slots the new tokens may attend, and the new tokens' `(k [B, K, Dh, T],
+        v [B, K, T, Dh])` are returned for `forward` to write after the layer scan (a
+        scan that wrote them would carry, and copy, the whole stacked cache);
+      * cache_index `[]` int (unrolled layers, each owning its buffers): the new keys are
+        written in place at slots `cache_index...` first, then the queries attend the
+        whole buffer under cache_mask `[B, T, S]`; the updated buffers are returned.
+    Returns the output `[B, T, D]` and the cache part above (None without a cache).
     """
     c = self.config
     q = self._heads_in("q", x, c.num_heads, "heads")
@@ -269,9 +290,15 @@ class Attention(nn.Module):
       out, new_cache = causal_attention(q, k, v, mask), None
     else:
       cache_k, cache_v = layer_cache
-      new_cache = (jnp.einsum("btkd->bkdt", k).astype(cache_k.dtype),
-                   _heads_major(v).astype(cache_v.dtype))
-      out = attend(q, [(cache_k, cache_v, cache_mask), new_cache + (mask,)])
+      new_k = jnp.einsum("btkd->bkdt", k).astype(cache_k.dtype)
+      new_v = _heads_major(v).astype(cache_v.dtype)
+      if cache_index is None:
+        new_cache = (new_k, new_v)
+        out = attend(q, [(cache_k, cache_v, cache_mask), (new_k, new_v, mask)])
+      else:
+        new_cache = (write_slots(cache_k, new_k, cache_index, axis=3),
+                     write_slots(cache_v, new_v, cache_index, axis=2))
+        out = attend(q, [new_cache + (cache_mask,)])
     o_kernel = self.param("o_kernel", _init(c, ("heads", "head_dim", "embed")),
                           (c.num_heads, c.head_dim, c.hidden_size), c.params_dtype)
     out = out.reshape(*out.shape[:-2], -1)
@@ -314,25 +341,30 @@ class Block(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, layer_cache, positions, mask, cache_mask):
+  def __call__(self, x, layer_cache, positions, mask, cache_mask, cache_index):
     h, new_cache = Attention(self.config, name="attn")(
-        RMSNorm(self.config, name="attn_norm")(x), positions, mask, layer_cache, cache_mask)
+        RMSNorm(self.config, name="attn_norm")(x), positions, mask, layer_cache, cache_mask,
+        cache_index)
     x = x + h
     x = x + MLP(self.config, name="mlp")(RMSNorm(self.config, name="mlp_norm")(x))
     return constrain(x, ("batch", "length", "embed")), new_cache
 
 
 class Transformer(nn.Module):
-  """Embedding -> L scanned blocks -> final norm -> LM / PRM / value heads.
+  """Embedding -> L blocks -> final norm -> LM / PRM / value heads.
 
-  Called only through `prm_jax.models.forward`, which builds `positions` and `mask`.
+  The blocks are scanned (`scan_layers`, parameters `layers` with `[L, ...]` leaves) or
+  unrolled into a Python loop (parameters `layers_0` ... `layers_{L-1}`, KV cache as L
+  per-layer buffers); `prm_jax.models.forward` picks the form from the parameters.
+  Called only through `forward`, which builds `positions` and the masks.
   """
 
   config: ModelConfig
+  scan_layers: bool = True
 
   @nn.compact
   def __call__(self, input_ids, positions, mask, cache_kv=None, cache_mask=None,
-               step_positions=None, lm_logits="all"):
+               cache_index=None, step_positions=None, lm_logits="all"):
     c = self.config
     embedding = self.param("embedding", _init(c, ("vocab", "embed")),
                            (c.vocab_size, c.hidden_size), c.params_dtype)
@@ -342,10 +374,19 @@ class Transformer(nn.Module):
     block = Block
     if c.remat != "none":
       block = nn.remat(Block, policy=REMAT_POLICIES[c.remat], prevent_cse=False)
-    layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                     in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
-                     length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-    x, new_cache_kv = layers(c, name="layers")(x, cache_kv, positions, mask, cache_mask)
+    if self.scan_layers:
+      layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                       in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                       length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+      x, new_cache_kv = layers(c, name="layers")(x, cache_kv, positions, mask, cache_mask,
+                                                 cache_index)
+    else:
+      new_cache_kv = []
+      for i in range(c.num_layers):
+        x, layer_kv = block(c, name=f"layers_{i}")(
+            x, None if cache_kv is None else cache_kv[i], positions, mask, cache_mask,
+            cache_index)
+        new_cache_kv.append(layer_kv)
     hidden = RMSNorm(c, name="final_norm")(x)
     outputs = {"hidden": hidden, "cache_kv": new_cache_kv}
 
