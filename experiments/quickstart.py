@@ -1,7 +1,7 @@
 """Quickstart: a step PRM trained from Monte Carlo labels beats majority voting (CPU, minutes).
 
     python launch.py --config experiments/quickstart.py --workdir runs/quickstart
-    python launch.py --config experiments/quickstart.py:smoke --workdir runs/smoke  # < 2 min
+    python launch.py --config experiments/quickstart.py:smoke --workdir runs/smoke  # ~2 min
 
 A small policy (a 0.8M-parameter Llama over characters) learns arithmetic chains
 (`7+5-3+4=?`, left to right, one step per operation) from scratch, on solutions that
