@@ -210,10 +210,10 @@ def _sample(config: ModelConfig, sampling: SamplingConfig, unroll_layers: bool, 
   """Prefill the prompts `[M, T]`, then decode R rows (see module docstring)."""
   prompts, length = input_ids.shape
   rows, steps = sources.shape[0], sampling.max_new_tokens
-  # The barrier keeps XLA from constant-folding attention over the empty cache (seconds
-  # of compile time for nothing).
   if unroll_layers:
     params = models.unstack_layers(params)
+  # The barrier keeps XLA from constant-folding attention over the empty cache (seconds
+  # of compile time for nothing).
   cache = jax.lax.optimization_barrier(models.init_cache(config, prompts, length + steps,
                                                          unrolled=unroll_layers))
   cache = models.forward(config, params, input_ids, attention_mask=attention_mask, cache=cache,

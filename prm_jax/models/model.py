@@ -95,13 +95,15 @@ def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None
   # attention reads ~1.7x faster on CPU than slots-major. Keys are stored transposed,
   # [Dh, S], so that the scores `q @ k` stream them in the layout XLA:CPU's matmul reads
   # fastest (decode attention ~1.4x faster again; benchmarks/RESULTS.md).
-  heads = (config.num_layers, batch_size, config.num_kv_heads)
   dtype = dtype or config.compute_dtype
-  k = jnp.zeros(heads + (config.head_dim, max_length), dtype)
-  v = jnp.zeros(heads + (max_length, config.head_dim), dtype)
+  layer_k = (batch_size, config.num_kv_heads, config.head_dim, max_length)
+  layer_v = (batch_size, config.num_kv_heads, max_length, config.head_dim)
   if unrolled:
-    k, v = tuple(k[0] for _ in range(config.num_layers)), tuple(v[0] for _ in
-                                                                 range(config.num_layers))
+    k = tuple(jnp.zeros(layer_k, dtype) for _ in range(config.num_layers))
+    v = tuple(jnp.zeros(layer_v, dtype) for _ in range(config.num_layers))
+  else:
+    k = jnp.zeros((config.num_layers,) + layer_k, dtype)
+    v = jnp.zeros((config.num_layers,) + layer_v, dtype)
   return {"k": k, "v": v, "mask": jnp.zeros((batch_size, max_length), bool),
           "index": jnp.zeros((), jnp.int32)}
 
@@ -191,13 +193,14 @@ def forward(config: ModelConfig, params: dict, input_ids: jax.Array, *,
       # Written after the layer scan (one update of the whole cache, not one per layer).
       cache_kv, cache_mask, cache_index = (cache["k"], cache["v"]), filled, None
     else:
-      # Each block writes its buffer at `index` first, then attends every slot.
-      new = jnp.arange(slots) - index  # Slot s holds new token s - index.
-      new_mask = ((new >= 0) & (new < length))[None, None, :] & (
-          new[None, :] <= jnp.arange(length)[:, None])[None] & jnp.take(
-              attention_mask, jnp.clip(new, 0, length - 1), axis=1)[:, None, :]
-      cache_kv, cache_mask, cache_index = tuple(zip(cache["k"], cache["v"])), (
-          filled | new_mask), index
+      # Each block writes its buffers at `index` first, then attends every slot: the
+      # filled ones and, causally, the real new tokens.
+      new = jnp.arange(slots) - index  # Slot s receives new token s - index.
+      is_new = (new >= 0) & (new < length)  # [S]
+      causal_new = new[None, :] <= jnp.arange(length)[:, None]  # [T, S]
+      real_new = jnp.take(attention_mask, jnp.clip(new, 0, length - 1), axis=1)  # [B, S]
+      cache_mask = filled | (is_new[None, None] & causal_new[None] & real_new[:, None])
+      cache_kv, cache_index = tuple(zip(cache["k"], cache["v"])), index
     offset = jnp.sum(cache["mask"], axis=-1)
   if positions is None:
     positions = default_positions(attention_mask, offset)
