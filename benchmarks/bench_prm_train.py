@@ -26,6 +26,7 @@ Every measurement runs in its own subprocess, because the JAX variants need diff
   trl                 fp32, no gradient checkpointing (like for like with the jax rows)
   trl-bf16            TRL's default precision, `bf16=True` (CPU autocast)
   jax-1dev            one CPU device, fp32, no remat (JAX's and the model's defaults)
+  jax-1dev-bf16       ... in bf16 compute (like for like with trl-bf16)
   jax-<n>dev          n host devices, data parallel over the batch
   jax-<n>dev-remat    ... and `remat="full"` (recomputing the block is cheaper on CPU than
                       reading the saved activations back, see benchmarks/RESULTS.md)
@@ -153,7 +154,8 @@ def run_trl(shape: str, bf16: bool, steps: int, warmup: int) -> dict:
 def _variants(cores: int) -> dict[str, dict]:
   """Variant name -> worker, host devices, compute dtype, remat policy."""
   variants = {"trl": {"worker": "trl"}, "trl-bf16": {"worker": "trl", "dtype": "bfloat16"},
-              "jax-1dev": {"worker": "jax", "devices": 1}}
+              "jax-1dev": {"worker": "jax", "devices": 1},
+              "jax-1dev-bf16": {"worker": "jax", "devices": 1, "dtype": "bfloat16"}}
   if cores > 1:
     variants[f"jax-{cores}dev"] = {"worker": "jax", "devices": cores}
   variants[f"jax-{cores}dev-remat"] = {"worker": "jax", "devices": cores, "remat": "full"}
