@@ -78,6 +78,19 @@ def test_cache_layout_must_match_the_parameters():
     models.forward(config, {"embedding": params["embedding"]}, ids)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16", "int32"])
+def test_write_slots_equals_dynamic_update_slice(dtype):
+  rng = np.random.default_rng(4)
+  buffer = jnp.asarray(rng.normal(size=(2, 3, 4, 8)) * 100).astype(dtype)
+  update = jnp.asarray(rng.normal(size=(2, 3, 4, 2)) * 100).astype(dtype)
+  write = jax.jit(transformer.write_slots, static_argnums=3)
+  for index in (0, 5, 6):
+    expected = jax.lax.dynamic_update_slice_in_dim(buffer, update, index, 3)
+    got = write(buffer, update, jnp.int32(index), 3)
+    assert got.dtype == buffer.dtype
+    np.testing.assert_array_equal(np.asarray(got, np.float64), np.asarray(expected, np.float64))
+
+
 @pytest.mark.parametrize("unrolled", [False, True], ids=["scanned", "unrolled"])
 @pytest.mark.parametrize("name", CONFIGS)
 def test_kv_cache_decoding_reproduces_full_logits(name, unrolled):
