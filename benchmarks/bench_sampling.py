@@ -151,8 +151,9 @@ def main():
   peak = ARGS.peak_gbps or next((v for k, v in HBM_PEAK_GBPS.items() if k in device.device_kind),
                                 None)
   print(describe_machine())
-  print(f"# SmolLM2-135M | prm_jax {ARGS.dtype}, {ARGS.layers} layers | transformers {hf_dtype if theirs else '-'} "
-        f"| prompt {ARGS.prompt} tokens + {ARGS.new} new, greedy | median of {ARGS.repeats}")
+  print(f"# SmolLM2-135M | prm_jax {ARGS.dtype}, {ARGS.layers} layers | transformers "
+        f"{hf_dtype if theirs else '-'} | prompt {ARGS.prompt} tokens + {ARGS.new} new, greedy "
+        f"| median of {ARGS.repeats}")
   print("| batch | prm_jax tokens/s | transformers tokens/s | ratio | prm_jax decode step "
         "| decode GB/s" + (" | of peak" if peak else "") + " |")
   print("|---|---|---|---|---|---" + ("|---" if peak else "") + "|")

@@ -226,11 +226,9 @@ def _sample(config: ModelConfig, sampling: SamplingConfig, unroll_layers: bool, 
   forced = next_tokens >= 0
   keep = end - 1 + forced
   slots = jnp.arange(length + steps)
-  if unroll_layers:
-    rows_of = lambda layers: tuple(jnp.take(x, sources, axis=0) for x in layers)
-  else:
-    rows_of = lambda x: jnp.take(x, sources, axis=1)
-  row_cache = {"k": rows_of(cache["k"]), "v": rows_of(cache["v"]),
+  # The batch axis of a key/value buffer: 0 per layer, 1 when stacked `[L, B, ...]`.
+  rows_of = lambda x: jnp.take(x, sources, axis=x.ndim - 4)
+  row_cache = {"k": jax.tree.map(rows_of, cache["k"]), "v": jax.tree.map(rows_of, cache["v"]),
                "mask": jnp.take(cache["mask"], sources, axis=0) & (slots[None] < keep[:, None]),
                "index": cache["index"]}
   row_cache = jax.tree.map(lambda x, spec: constrain(x, tuple(spec)), row_cache,

@@ -84,6 +84,11 @@ def _scanned(config: ModelConfig, params: dict) -> bool:
                    f"{sorted(params)}")
 
 
+def _unrolled_cache(cache: dict) -> bool:
+  """Whether `cache` holds L per-layer buffers (for unstacked parameters) or stacked ones."""
+  return isinstance(cache["k"], (tuple, list))
+
+
 def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None, *,
                unrolled: bool = False) -> dict:
   """An empty KV cache with `max_length` slots per row (see module docstring); `unrolled`:
@@ -112,7 +117,7 @@ def cache_logical_axes(cache: dict | None = None) -> dict:
   """Logical `PartitionSpec`s of a cache pytree (stacked unless `cache` is unrolled)."""
   k, v = P("batch", "kv_heads", "head_dim", "length"), P("batch", "kv_heads", "length",
                                                         "head_dim")
-  if cache is not None and isinstance(cache["k"], (tuple, list)):
+  if cache is not None and _unrolled_cache(cache):
     layers = len(cache["k"])
     k, v = (k,) * layers, (v,) * layers
   else:
@@ -180,7 +185,7 @@ def forward(config: ModelConfig, params: dict, input_ids: jax.Array, *,
                        f"{config.max_seq_len}")
     cache_kv, cache_mask, cache_index, offset = None, None, None, 0
   else:
-    if isinstance(cache["k"], (tuple, list)) == scan_layers:
+    if _unrolled_cache(cache) == scan_layers:
       raise ValueError("the cache layout must match the parameters': stacked parameters take "
                        "init_cache(...), unstacked ones init_cache(..., unrolled=True)")
     slots = cache["mask"].shape[1]
