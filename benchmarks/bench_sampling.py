@@ -44,8 +44,9 @@ def parse_args():
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--dtype", default="float32", help="prm_jax params and compute dtype")
   parser.add_argument("--hf-dtype", default=None, help="transformers dtype (default: --dtype)")
-  parser.add_argument("--layers", choices=("auto", "scanned", "unrolled"), default="auto",
-                      help="prm_jax decode layers (auto: unrolled on CPU, scanned elsewhere)")
+  parser.add_argument("--layout", choices=("auto", "stacked", "decode"), default="auto",
+                      help="prm_jax parameter layout while sampling (auto: the decode layout on "
+                      "CPU, stacked elsewhere; see prm_jax/sampling.py)")
   parser.add_argument("--host-devices", type=int, default=1,
                       help="CPU: split the host into this many devices, rows data-parallel")
   parser.add_argument("--peak-gbps", type=float, default=None, help="memory bandwidth peak")
@@ -90,9 +91,9 @@ class PrmJax:
                                                  mesh=self.mesh)
 
   def generate(self, ids, new, num_samples=1):
-    unroll = {"auto": None, "scanned": False, "unrolled": True}[ARGS.layers]
+    decode_layout = {"auto": None, "stacked": False, "decode": True}[ARGS.layout]
     out = sampling.generate(self.config, self.params, ids, max_new_tokens=new,
-                            num_samples=num_samples, length_bucket=16, unroll_layers=unroll,
+                            num_samples=num_samples, length_bucket=16, decode_layout=decode_layout,
                             mesh=self.mesh)
     return jax.block_until_ready(out["tokens"])
 
@@ -151,7 +152,7 @@ def main():
   peak = ARGS.peak_gbps or next((v for k, v in HBM_PEAK_GBPS.items() if k in device.device_kind),
                                 None)
   print(describe_machine())
-  print(f"# SmolLM2-135M | prm_jax {ARGS.dtype}, {ARGS.layers} layers | transformers "
+  print(f"# SmolLM2-135M | prm_jax {ARGS.dtype}, {ARGS.layout} layout | transformers "
         f"{hf_dtype if theirs else '-'} | prompt {ARGS.prompt} tokens + {ARGS.new} new, greedy "
         f"| median of {ARGS.repeats}")
   print("| batch | prm_jax tokens/s | transformers tokens/s | ratio | prm_jax decode step "

@@ -21,12 +21,17 @@ The first decode step feeds the prefix's last token again (its cached copy is ma
 so the logits of every sampled token come from a decode step, the prefill computes no LM
 head, and a row's prefix may end anywhere.
 
-Layers. With `unroll_layers` (the default on CPU) the call unstacks the blocks
-(`models.unstack_layers`) and runs them as a Python loop over per-layer weights and
-per-layer KV-cache buffers, each updated in place: scanned, XLA:CPU copies each layer's
-weights and cache slice out of the stacked arrays at every step, which took longer than
-the layer's matmuls (benchmarks/RESULTS.md). The unstacked copy of the block weights
-lives for the call. Both forms give the same tokens.
+Decode layout. With `decode_layout` (the default on CPU) the call first converts the
+parameters, in a jitted call of its own, to the layout XLA:CPU decodes fastest, and the
+sampling program runs on that copy (it lives for the call):
+  * blocks unstacked (`models.unstack_layers`), run as a Python loop over per-layer
+    weights and per-layer KV-cache buffers, each updated in place: scanned, XLA:CPU copies
+    each layer's weights and cache slice out of the stacked arrays at every step;
+  * projection kernels output-major (`models.transpose_kernels`), each weight the left
+    operand of its product: as the right one, XLA:CPU's matmul repacks it at every step
+    (bf16 decode step -21%). It is converted outside the sampling program because inside
+    it XLA would fold the transposition back into the products.
+Both layouts give the same tokens (benchmarks/RESULTS.md has the measurements).
 
 Randomness. Row r draws step t from `fold_in(row_key[r], t)`: give one key per row (`rng`
 of shape [R]) and a row's tokens depend only on its key, its prefix and the model -- not on
@@ -205,17 +210,16 @@ def _decode_step(config: ModelConfig, sampling: SamplingConfig, params, state: D
       **{name: write(getattr(state, name), stats[name]) for name in STAT_NAMES})
 
 
-def _sample(config: ModelConfig, sampling: SamplingConfig, unroll_layers: bool, params,
-            input_ids, attention_mask, sources, prefix_lengths, next_tokens, key_data) -> dict:
-  """Prefill the prompts `[M, T]`, then decode R rows (see module docstring)."""
+def _sample(config: ModelConfig, sampling: SamplingConfig, params, input_ids, attention_mask,
+            sources, prefix_lengths, next_tokens, key_data) -> dict:
+  """Prefill the prompts `[M, T]`, then decode R rows (see module docstring); `params` in
+  either layout."""
   prompts, length = input_ids.shape
   rows, steps = sources.shape[0], sampling.max_new_tokens
-  if unroll_layers:
-    params = models.unstack_layers(params)
   # The barrier keeps XLA from constant-folding attention over the empty cache (seconds
   # of compile time for nothing).
-  cache = jax.lax.optimization_barrier(models.init_cache(config, prompts, length + steps,
-                                                         unrolled=unroll_layers))
+  cache = jax.lax.optimization_barrier(models.init_cache(
+      config, prompts, length + steps, unrolled="layers" not in params))
   cache = models.forward(config, params, input_ids, attention_mask=attention_mask, cache=cache,
                          lm_logits="none")["cache"]
   # Rows copy their prompt's cache; slots past the prefix (left padding: the prefix ends
@@ -250,10 +254,18 @@ def _sample(config: ModelConfig, sampling: SamplingConfig, unroll_layers: bool, 
   return {name: getattr(state, name) for name in OUTPUT_NAMES}
 
 
+@jax.jit
+def _to_decode_layout(params: dict) -> dict:
+  """The sampler's CPU layout of stacked `params` (module docstring), materialised."""
+  return models.transpose_kernels(models.unstack_layers(params))
+
+
 @functools.lru_cache(maxsize=64)
-def _compiled(config: ModelConfig, sampling: SamplingConfig, unroll_layers: bool, mesh, rules,
-              prompts_sharded: bool):
-  fn = functools.partial(_sample, config, sampling, unroll_layers)
+def _compiled(config: ModelConfig, sampling: SamplingConfig, mesh, rules, prompts_sharded: bool,
+              param_shardings):
+  """The sampling program; on a mesh, `param_shardings` (`(treedef, leaves)`, hashable) are
+  those the parameters have, in whichever layout."""
+  fn = functools.partial(_sample, config, sampling)
   if mesh is None:
     return jax.jit(fn)
   rows = parallel.batch_sharding(mesh, 1, rules)
@@ -262,8 +274,8 @@ def _compiled(config: ModelConfig, sampling: SamplingConfig, unroll_layers: bool
   row_outputs = {name: parallel.batch_sharding(mesh, 1 if name in ("lengths", "stopped") else 2,
                                                rules) for name in OUTPUT_NAMES}
   return parallel.sharded_jit(
-      fn, mesh, in_shardings=(parallel.param_shardings(config, mesh, rules), prompts, prompts,
-                              rows, rows, rows, parallel.batch_sharding(mesh, 2, rules)),
+      fn, mesh, in_shardings=(jax.tree.unflatten(*param_shardings), prompts, prompts, rows, rows,
+                              rows, parallel.batch_sharding(mesh, 2, rules)),
       out_shardings=row_outputs, rules=rules)
 
 
@@ -296,7 +308,7 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
                       sources, prefix_lengths, max_new_tokens: int, next_tokens=None,
                       temperature: float = 0.0, top_k: int | None = None,
                       top_p: float | None = None, stop_tokens=(), pad_id: int = 0, rng=None,
-                      length_bucket: int = 32, unroll_layers: bool | None = None, mesh=None,
+                      length_bucket: int = 32, decode_layout: bool | None = None, mesh=None,
                       rules=parallel.LOGICAL_AXIS_RULES) -> dict:
   """Continue R prefixes of M left-padded prompts, all in one batch.
 
@@ -312,7 +324,8 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
       (uint32) threefry keys. Default `jax.random.key(0)`.
     length_bucket: T is left-padded up to a multiple of this, so that prompts of nearby
       lengths reuse one compiled program.
-    unroll_layers: decode with unrolled layers (module docstring); None: on CPU only.
+    decode_layout: convert the parameters to the decode layout first (module docstring);
+      None: on CPU only.
     mesh: run data-parallel (rows over `batch`'s mesh axes) and tensor-parallel on it;
       `params` should be placed with `parallel.param_shardings`.
   Returns:
@@ -324,10 +337,10 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
                             pad_id=pad_id)
   if "layers" not in params:
     raise ValueError("the sampler takes stacked parameters (a `layers` entry, as loaded or "
-                     "trained) and unrolls them itself (`unroll_layers`)")
-  if unroll_layers is None:
+                     "trained) and converts them itself (`decode_layout`)")
+  if decode_layout is None:
     device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
-    unroll_layers = device.platform == "cpu"
+    decode_layout = device.platform == "cpu"
   input_ids = np.asarray(input_ids, np.int32)
   if input_ids.ndim != 2:
     raise ValueError(f"input_ids must be [prompts, length], got shape {input_ids.shape}")
@@ -370,7 +383,13 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
     (sources, prefix_lengths, next_tokens, keys), rows = _pad_rows(
         [sources, prefix_lengths, next_tokens, keys], parallelism)
     params = jax.device_put(params, parallel.param_shardings(config, mesh, rules))
-  run = _compiled(config, sampling, bool(unroll_layers), mesh, tuple(rules), prompts_sharded)
+  if decode_layout:
+    params = _to_decode_layout(params)
+  shardings = None
+  if mesh is not None:
+    leaves, treedef = jax.tree.flatten(jax.tree.map(lambda x: x.sharding, params))
+    shardings = (treedef, tuple(leaves))
+  run = _compiled(config, sampling, mesh, tuple(rules), prompts_sharded, shardings)
   out = run(params, input_ids, mask, sources, prefix_lengths, next_tokens, keys)
   return {name: value[:rows] for name, value in out.items()}
 
@@ -378,7 +397,7 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
 def generate(config: ModelConfig, params, input_ids, attention_mask=None, *,
              max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
              top_p: float | None = None, stop_tokens=(), rng=None, num_samples: int = 1,
-             pad_id: int = 0, length_bucket: int = 32, unroll_layers: bool | None = None,
+             pad_id: int = 0, length_bucket: int = 32, decode_layout: bool | None = None,
              mesh=None, rules=parallel.LOGICAL_AXIS_RULES) -> dict:
   """Sample `num_samples` continuations of each of B left-padded prompts `[B, T]`.
 
@@ -393,4 +412,4 @@ def generate(config: ModelConfig, params, input_ids, attention_mask=None, *,
       config, params, input_ids, mask, sources=sources, prefix_lengths=mask.sum(-1)[sources],
       max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
       stop_tokens=stop_tokens, pad_id=pad_id, rng=rng, length_bucket=length_bucket,
-      unroll_layers=unroll_layers, mesh=mesh, rules=rules)
+      decode_layout=decode_layout, mesh=mesh, rules=rules)

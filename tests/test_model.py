@@ -51,19 +51,35 @@ def test_left_padding_equals_unpadded_rows(name):
     np.testing.assert_allclose(padded[row, 9 - length:], alone[0], rtol=1e-5, atol=1e-5)
 
 
+LAYOUTS = {
+    "unstacked": models.unstack_layers,
+    "output_major": jax.jit(models.transpose_kernels),
+    "decode": jax.jit(lambda p: models.transpose_kernels(models.unstack_layers(p))),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("name", CONFIGS)
-def test_unrolled_layers_equal_scanned_layers(name):
+def test_parameter_layouts_give_the_same_outputs(name, layout):
   config, params = _params(name)
   ids, mask = _left_padded_batch(np.random.default_rng(5), [7, 3], 7, config.vocab_size)
   step_positions = jnp.array([[2, 6], [4, 6]])
-  scanned = models.forward(config, params, ids, attention_mask=mask,
-                           step_positions=step_positions)
-  unstacked = models.unstack_layers(params)
-  assert "layers" not in unstacked and f"layers_{config.num_layers - 1}" in unstacked
-  unrolled = models.forward(config, unstacked, ids, attention_mask=mask,
-                            step_positions=step_positions)
-  for name in ("logits", "hidden", "step_scores"):
-    np.testing.assert_allclose(unrolled[name], scanned[name], rtol=1e-6, atol=1e-6)
+  converted = LAYOUTS[layout](params)
+  if layout != "output_major":
+    assert "layers" not in converted and f"layers_{config.num_layers - 1}" in converted
+  if layout != "unstacked":
+    block = converted.get("layers", converted.get("layers_0"))
+    assert set(block["attn"]) >= {"q_kernel_t", "o_kernel_t"}
+    assert block["attn"]["o_kernel_t"].shape[-2:] == (config.hidden_size,
+                                                     config.num_heads * config.head_dim)
+    assert ("lm_head_t" in converted) == (not config.tie_embeddings)
+  for lm_logits in ("all", "last"):
+    expected = models.forward(config, params, ids, attention_mask=mask,
+                              step_positions=step_positions, lm_logits=lm_logits)
+    got = models.forward(config, converted, ids, attention_mask=mask,
+                         step_positions=step_positions, lm_logits=lm_logits)
+    for key in ("logits", "hidden", "step_scores"):
+      np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-5, err_msg=key)
 
 
 def test_cache_layout_must_match_the_parameters():

@@ -157,7 +157,7 @@ def test_continuations_from_step_boundaries_equal_fresh_prompts(model, prompts):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_unrolled_layers_sample_like_scanned_layers(model, prompts, dtype):
+def test_decode_layout_samples_like_stacked_layers(model, prompts, dtype):
   config, params = model
   config = config.replace(dtype=dtype, param_dtype=dtype)
   params = jax.tree.map(lambda x: x.astype(dtype), params)
@@ -167,21 +167,21 @@ def test_unrolled_layers_sample_like_scanned_layers(model, prompts, dtype):
   temperature, atol = (1.0, 1e-5) if dtype == "float32" else (0.0, 3e-2)
   kwargs = dict(max_new_tokens=STEPS, temperature=temperature, rng=jax.random.key(4),
                 num_samples=2, stop_tokens=(7,))
-  scanned = _generate(config, params, ids, mask, unroll_layers=False, **kwargs)
-  unrolled = _generate(config, params, ids, mask, unroll_layers=True, **kwargs)
+  scanned = _generate(config, params, ids, mask, decode_layout=False, **kwargs)
+  unrolled = _generate(config, params, ids, mask, decode_layout=True, **kwargs)
   np.testing.assert_array_equal(unrolled["tokens"], scanned["tokens"])
   np.testing.assert_array_equal(unrolled["lengths"], scanned["lengths"])
   for name in ("logprobs", "entropy"):
     np.testing.assert_allclose(unrolled[name], scanned[name], atol=atol, err_msg=name)
 
 
-@pytest.mark.parametrize("unroll_layers", [False, True], ids=["scanned", "unrolled"])
-def test_sharded_sampling_equals_single_device(model, prompts, unroll_layers):
+@pytest.mark.parametrize("decode_layout", [False, True], ids=["stacked", "decode_layout"])
+def test_sharded_sampling_equals_single_device(model, prompts, decode_layout):
   config, params = model
   ids, mask = prompts
   mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
   kwargs = dict(max_new_tokens=STEPS, temperature=1.0, rng=jax.random.key(2), num_samples=3,
-                unroll_layers=unroll_layers)
+                decode_layout=decode_layout)
   single = _generate(config, params, ids, mask, **kwargs)
   sharded = _generate(config, jax.device_put(params, parallel.param_shardings(
       config, mesh)), ids[:3], mask[:3], mesh=mesh, **kwargs)  # 9 rows: padded to 12 inside.

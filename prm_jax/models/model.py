@@ -20,11 +20,17 @@ place. Why both: scanning keeps compile time and training memory flat in L, but 
 XLA:CPU every scanned step copies its layer's weights and cache slice out of the stacked
 arrays, which dominates a decode step (see `prm_jax.sampling`, which decodes unrolled on
 CPU). The results are the same either way.
+
+Kernel orientation. `transpose_kernels(params)` stores every projection kernel
+output-major (`q_kernel` `[D, H, Dh]` -> `q_kernel_t` `[H*Dh, D]`, ...), which `forward`
+applies as the left operand of its product; the sampler's CPU decode layout is both
+transforms. Same results, different speed on XLA:CPU (`transformer.project_output_major`).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import flax.linen as nn
 import jax
@@ -32,7 +38,8 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from prm_jax.models.config import ModelConfig
-from prm_jax.models.transformer import Transformer, write_slots
+from prm_jax.models.transformer import (KERNEL_IN_DIMS, OUTPUT_MAJOR, Transformer,
+                                         write_slots)
 
 LM_LOGITS = ("all", "last", "none")
 
@@ -71,6 +78,39 @@ def unstack_layers(params: dict) -> dict:
   unstacked.update({f"layers_{i}": jax.tree.map(lambda x, i=i: x[i], layers)
                     for i in range(count)})
   return unstacked
+
+
+def transpose_kernels(params: dict) -> dict:
+  """The same parameters with every projection kernel (the blocks' and an untied LM head's)
+  stored output-major: `name` `[*in, *out]` becomes `name_t`, the `[prod(out), prod(in)]`
+  matrix that `forward` then applies as the left operand (`transformer.
+  project_output_major`), which XLA:CPU decodes faster (`prm_jax.sampling`). Works on
+  stacked and unstacked blocks. Convert in a jitted call of its own, as the sampler does:
+  inside the program that runs the model, XLA folds the transposition back into the
+  products."""
+  def convert(tree: dict, lead: int) -> dict:
+    out = {}
+    for name, value in tree.items():
+      if isinstance(value, dict):
+        out[name] = convert(value, lead)
+      elif name in KERNEL_IN_DIMS:
+        shape = value.shape
+        matrix = value.reshape(*shape[:lead], -1, math.prod(
+            shape[lead + KERNEL_IN_DIMS[name]:]))
+        out[name + OUTPUT_MAJOR] = jnp.swapaxes(matrix, -1, -2)
+      else:
+        out[name] = value
+    return out
+
+  converted = {}
+  for name, value in params.items():
+    if name == "layers" or name.startswith("layers_"):
+      converted[name] = convert(value, lead=int(name == "layers"))
+    elif name == "lm_head":
+      converted.update(convert({name: value}, lead=0))
+    else:  # Embedding (read by rows), norms, and the fp32 PRM / value heads stay as they are.
+      converted[name] = value
+  return converted
 
 
 def _scanned(config: ModelConfig, params: dict) -> bool:

@@ -108,6 +108,45 @@ def _project_bwd(out_dtype, residuals, dy):
 project.defvjp(_project_fwd, _project_bwd)
 
 
+def project_output_major(x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
+  """`x [..., K] @ w[M, K]^T -> [..., M]`: the weight stored output-major and taken as the
+  left operand of the product (`W x^T`, the small `[M, ...]` result then transposed).
+
+  The decode layout's product (`prm_jax.models.transpose_kernels`); same numbers as
+  `project`. Why: XLA:CPU's matmul (YNNPACK) repacks its right operand at every call, so
+  as the right operand a weight was copied at every decode step before it was read; as
+  the left one it streams once (bf16 batch-16 decode step 41 -> 32 ms, benchmarks/
+  RESULTS.md). The barrier keeps XLA's simplifier from turning `transpose(W x^T)` back
+  into `x W^T`. `w` should be a materialised array (e.g. a jit argument): a transposition
+  in the same program is folded back into the product likewise.
+  """
+  out = jnp.einsum("mk,...k->m...", w, x, preferred_element_type=jnp.float32)
+  out = jnp.moveaxis(jax.lax.optimization_barrier(out), 0, -1)
+  return out.astype(out_dtype or jnp.result_type(x, w))
+
+
+# The projection kernels, by parameter name, and how many leading (input) dimensions each
+# is declared with: `[*in_dims, *out_dims]`, applied as a `[prod(in), prod(out)]` matrix.
+# A kernel may instead be given output-major under `name + OUTPUT_MAJOR`, as the
+# `[prod(out), prod(in)]` matrix (the decode layout, `prm_jax.models.transpose_kernels`);
+# `_kernel` takes whichever the parameters hold.
+KERNEL_IN_DIMS = {"q_kernel": 1, "k_kernel": 1, "v_kernel": 1, "o_kernel": 2, "kernel": 1,
+                  "lm_head": 1}
+OUTPUT_MAJOR = "_t"
+
+
+def _kernel(module: nn.Module, name: str, shape: tuple, axes: tuple):
+  """`(matmul, w)`: the module's kernel `name` as a 2-D matrix in the compute dtype and the
+  product that applies it (`matmul(x, w, out_dtype=None)`), in either layout."""
+  c = module.config
+  if module.has_variable("params", name + OUTPUT_MAJOR):
+    w = module.get_variable("params", name + OUTPUT_MAJOR)
+    return project_output_major, w.astype(c.compute_dtype)
+  w = module.param(name, _init(c, axes), shape, c.params_dtype)
+  return project, w.reshape(math.prod(shape[:KERNEL_IN_DIMS[name]]), -1).astype(
+      c.compute_dtype)
+
+
 # Queries per block of `causal_attention`: with causal masking, a block only needs the keys
 # up to its own end, so blocks skip a fraction 1/2 - QUERY_BLOCK / 2T of the score matrix.
 QUERY_BLOCK = 128
@@ -251,9 +290,9 @@ class Attention(nn.Module):
   def _heads_in(self, name: str, x: jax.Array, num_heads: int, heads_axis: str) -> jax.Array:
     """`[B, T, D] -> [B, T, N, Dh]` projection (+ bias for Qwen2)."""
     c = self.config
-    kernel = self.param(f"{name}_kernel", _init(c, ("embed", heads_axis, "head_dim")),
-                        (c.hidden_size, num_heads, c.head_dim), c.params_dtype)
-    y = project(x, kernel.reshape(c.hidden_size, -1).astype(c.compute_dtype))
+    matmul, kernel = _kernel(self, f"{name}_kernel", (c.hidden_size, num_heads, c.head_dim),
+                             ("embed", heads_axis, "head_dim"))
+    y = matmul(x, kernel)
     y = y.reshape(*y.shape[:-1], num_heads, c.head_dim)
     if c.qkv_bias:
       bias = self.param(f"{name}_bias", nn.with_logical_partitioning(
@@ -299,15 +338,15 @@ class Attention(nn.Module):
         new_cache = (write_slots(cache_k, new_k, cache_index, axis=3),
                      write_slots(cache_v, new_v, cache_index, axis=2))
         out = attend(q, [new_cache + (cache_mask,)])
-    o_kernel = self.param("o_kernel", _init(c, ("heads", "head_dim", "embed")),
-                          (c.num_heads, c.head_dim, c.hidden_size), c.params_dtype)
-    out = out.reshape(*out.shape[:-2], -1)
-    return project(out, o_kernel.reshape(-1, c.hidden_size).astype(c.compute_dtype)), new_cache
+    matmul, o_kernel = _kernel(self, "o_kernel", (c.num_heads, c.head_dim, c.hidden_size),
+                               ("heads", "head_dim", "embed"))
+    return matmul(out.reshape(*out.shape[:-2], -1), o_kernel), new_cache
 
 
 class Linear(nn.Module):
   """`[..., K] -> [..., features]` through `project`, kernel `[K, features]` named `kernel`
-  (the layout of `nn.Dense(use_bias=False)`), computed in the compute dtype."""
+  (the layout of `nn.Dense(use_bias=False)`; or `kernel_t`, see `_kernel`), computed in the
+  compute dtype."""
 
   config: ModelConfig
   features: int
@@ -316,9 +355,8 @@ class Linear(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     c = self.config
-    kernel = self.param("kernel", _init(c, self.axes), (x.shape[-1], self.features),
-                        c.params_dtype)
-    return project(x.astype(c.compute_dtype), kernel.astype(c.compute_dtype))
+    matmul, kernel = _kernel(self, "kernel", (x.shape[-1], self.features), self.axes)
+    return matmul(x.astype(c.compute_dtype), kernel)
 
 
 class MLP(nn.Module):
@@ -392,13 +430,17 @@ class Transformer(nn.Module):
 
     # Heads. `init` passes dummy step positions so that every head's parameters exist.
     if c.tie_embeddings:
-      lm_kernel = embedding.T
+      # The embedding `[V, D]` is the head, output-major: the decode layout when decoding
+      # (one row per sequence), the trained `h @ E^T` otherwise.
+      lm_matmul = project_output_major if lm_logits == "last" else project
+      lm_kernel = embedding.astype(c.compute_dtype)
+      lm_kernel = lm_kernel if lm_logits == "last" else lm_kernel.T
     else:
-      lm_kernel = self.param("lm_head", _init(c, ("embed", "vocab")),
-                             (c.hidden_size, c.vocab_size), c.params_dtype)
+      lm_matmul, lm_kernel = _kernel(self, "lm_head", (c.hidden_size, c.vocab_size),
+                                     ("embed", "vocab"))
     if lm_logits != "none":
       h = hidden[:, -1:] if lm_logits == "last" else hidden
-      logits = project(h, lm_kernel.astype(c.compute_dtype), jnp.float32)
+      logits = lm_matmul(h, lm_kernel, jnp.float32)
       outputs["logits"] = constrain(logits, ("batch", "length", "vocab"))
     if step_positions is not None:
       # Hidden state at each step's last token, then the head in fp32.
