@@ -285,9 +285,9 @@ def test_causal_attention_matches_autodiff_of_plain_softmax_attention(dtype, que
   mask = jnp.asarray(real[:, None, :] & np.tril(np.ones((t, t), bool))[None])
   probe = jnp.asarray(rng.normal(size=(b, t, h, dh)) * real[:, :, None, None], jnp.float32)
   loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32) * probe)
-  # `attend` takes the cache layout: keys [B, K, Dh, S], values [B, K, S, Dh].
+  # `attend` takes the cache layout: keys and values [B, K, S, Dh].
   plain = lambda q, k, v: transformer.attend(
-      q, [(jnp.einsum("bskd->bkds", k), jnp.einsum("bskd->bksd", v), mask)])
+      q, [(jnp.einsum("bskd->bksd", k), jnp.einsum("bskd->bksd", v), mask)])
   blocked = lambda q, k, v: transformer.causal_attention(q, k, v, mask)
   tolerance = 1e-5 if dtype == jnp.float32 else 3e-2
   rows = real[:, :, None, None]

@@ -3,7 +3,7 @@
 Parameters are a plain nested dict of arrays (`params["layers"]` leaves carry a leading
 `[L]` axis: the blocks are scanned). The KV cache is an explicit pytree:
 
-    cache = {"k": [L, B, K, Dh, S], "v": [L, B, K, S, Dh],   # compute dtype
+    cache = {"k": [L, B, K, S, Dh], "v": [L, B, K, S, Dh],   # compute dtype
              "mask": [B, S] bool,    # slot holds a real (non-padding) token
              "index": [] int32}      # next slot to write (shared by the batch)
 
@@ -15,7 +15,7 @@ only ever count the slots the mask marks.
 Scanned or unrolled layers. `unstack_layers(params)` splits `layers` into `layers_0` ...
 `layers_{L-1}` (MaxText's `scan_layers=False`), and `forward` then runs the blocks as a
 Python loop, with a cache of L per-layer buffers (`init_cache(..., unrolled=True)`:
-`"k"`, `"v"` are tuples of `[B, K, Dh, S]` / `[B, K, S, Dh]`) that each block updates in
+`"k"`, `"v"` are tuples of `[B, K, S, Dh]` buffers) that each block updates in
 place. Why both: scanning keeps compile time and training memory flat in L, but on
 XLA:CPU every scanned step copies its layer's weights and cache slice out of the stacked
 arrays, which dominates a decode step (see `prm_jax.sampling`, which decodes unrolled on
@@ -137,26 +137,23 @@ def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None
     raise ValueError(f"cache length {max_length} exceeds ModelConfig.max_seq_len="
                      f"{config.max_seq_len}")
   # Heads before slots: each head's keys and values are one contiguous matrix, which decode
-  # attention reads ~1.7x faster on CPU than slots-major. Keys are stored transposed,
-  # [Dh, S], so that the scores `q @ k` stream them in the layout XLA:CPU's matmul reads
-  # fastest (decode attention ~1.4x faster again; benchmarks/RESULTS.md).
+  # attention reads ~1.7x faster on CPU than slots-major, and a slot's write is one
+  # contiguous row per head (benchmarks/RESULTS.md).
   dtype = dtype or config.compute_dtype
-  layer_k = (batch_size, config.num_kv_heads, config.head_dim, max_length)
-  layer_v = (batch_size, config.num_kv_heads, max_length, config.head_dim)
+  layer = (batch_size, config.num_kv_heads, max_length, config.head_dim)
   if unrolled:
-    k = tuple(jnp.zeros(layer_k, dtype) for _ in range(config.num_layers))
-    v = tuple(jnp.zeros(layer_v, dtype) for _ in range(config.num_layers))
+    k = tuple(jnp.zeros(layer, dtype) for _ in range(config.num_layers))
+    v = tuple(jnp.zeros(layer, dtype) for _ in range(config.num_layers))
   else:
-    k = jnp.zeros((config.num_layers,) + layer_k, dtype)
-    v = jnp.zeros((config.num_layers,) + layer_v, dtype)
+    k = jnp.zeros((config.num_layers,) + layer, dtype)
+    v = jnp.zeros((config.num_layers,) + layer, dtype)
   return {"k": k, "v": v, "mask": jnp.zeros((batch_size, max_length), bool),
           "index": jnp.zeros((), jnp.int32)}
 
 
 def cache_logical_axes(cache: dict | None = None) -> dict:
   """Logical `PartitionSpec`s of a cache pytree (stacked unless `cache` is unrolled)."""
-  k, v = P("batch", "kv_heads", "head_dim", "length"), P("batch", "kv_heads", "length",
-                                                        "head_dim")
+  k = v = P("batch", "kv_heads", "length", "head_dim")
   if cache is not None and _unrolled_cache(cache):
     layers = len(cache["k"])
     k, v = (k,) * layers, (v,) * layers
@@ -256,7 +253,7 @@ def forward(config: ModelConfig, params: dict, input_ids: jax.Array, *,
   new_kv = outputs.pop("cache_kv")
   if cache is not None:
     if scan_layers:
-      k = write_slots(cache["k"], new_kv[0], index, axis=4)
+      k = write_slots(cache["k"], new_kv[0], index, axis=3)
       v = write_slots(cache["v"], new_kv[1], index, axis=3)
     else:
       k, v = tuple(k for k, _ in new_kv), tuple(v for _, v in new_kv)

@@ -177,15 +177,20 @@ def write_slots(buffer: jax.Array, update: jax.Array, index, axis: int) -> jax.A
   return jax.lax.bitcast_convert_type(written, buffer.dtype)
 
 
-def _masked_scores(q, k, mask, *, keys_transposed=False):
+def _masked_scores(q, k, mask):
   """fp32 scaled scores `[B, K, G, T, S]`, MASK_VALUE where `mask [B, T, S]` is False.
 
-  q `[B, K, G, T, Dh]`, k `[B, K, S, Dh]`, or `[B, K, Dh, S]` if `keys_transposed` (the
-  cache layout). Heads-major: every product is a plain batched matrix product, with no
-  transposes of the `[T, S]` matrices.
+  q `[B, K, G, T, Dh]`, k `[B, K, S, Dh]`. Heads-major: every product is a plain batched
+  matrix product, with no transposes of the `[T, S]` matrices. For a few query rows
+  (decoding) the keys are the product's left operand (`k q^T`, then the small result
+  transposed), as the weights are in `project_output_major` and for the same reason:
+  XLA:CPU repacks a right operand at every call, here the whole key cache every step.
   """
-  spec = "bkgtd,bkds->bkgts" if keys_transposed else "bkgtd,bksd->bkgts"
-  scores = jnp.einsum(spec, q, k, preferred_element_type=jnp.float32)
+  if q.shape[2] * q.shape[3] > OUTPUT_MAJOR_MAX_ROWS:
+    scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
+  else:
+    scores = jnp.einsum("bksd,bkgtd->bkgts", k, q, preferred_element_type=jnp.float32)
+    scores = jax.lax.optimization_barrier(scores)
   return jnp.where(mask[:, None, None], scores / math.sqrt(q.shape[-1]), MASK_VALUE)
 
 
@@ -200,8 +205,8 @@ def attend(q: jax.Array, key_blocks) -> jax.Array:
 
   Args:
     q: `[B, T, H, Dh]`.
-    key_blocks: sequence of `(k, v, mask)` in the cache layout: keys transposed, k
-      `[B, K, Dh, S_i]`, v `[B, K, S_i, Dh]`, with `H % K == 0`; mask `[B, T or 1, S_i]`
+    key_blocks: sequence of `(k, v, mask)` in the cache layout: k, v `[B, K, S_i, Dh]`,
+      with `H % K == 0`; mask `[B, T or 1, S_i]`
       bool, True where query t may attend key s. The softmax runs over all blocks
       together: with a KV cache, the cached keys and the new tokens' keys are two blocks,
       so the cache is read as it is and written once after the layer scan (see
@@ -212,8 +217,7 @@ def attend(q: jax.Array, key_blocks) -> jax.Array:
   b, t, h, dh = q.shape
   kv_heads = key_blocks[0][0].shape[1]
   q = _heads_major(q.reshape(b, t, kv_heads, h // kv_heads, dh))
-  scores = [_masked_scores(q, k.astype(q.dtype), mask, keys_transposed=True)
-            for k, _, mask in key_blocks]
+  scores = [_masked_scores(q, k.astype(q.dtype), mask) for k, _, mask in key_blocks]
   probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1)
   splits = np.cumsum([v.shape[2] for _, v, _ in key_blocks])[:-1]
   out = sum(jnp.einsum("bkgts,bksd->bkgtd", p.astype(q.dtype), v.astype(q.dtype),
@@ -315,11 +319,11 @@ class Attention(nn.Module):
   def __call__(self, x, positions, mask, layer_cache, cache_mask, cache_index):
     """x `[B, T, D]`, positions `[B, T]`, mask `[B, T, T]` among the new tokens.
 
-    layer_cache: None, or this layer's cache `(k [B, K, Dh, S], v [B, K, S, Dh])`, used
+    layer_cache: None, or this layer's cache `(k, v)`, each `[B, K, S, Dh]`, used
       one of two ways:
       * cache_index None (scanned layers): the cache is read only, cache_mask `[B, 1, S]`
-        marks the slots the new tokens may attend, and the new tokens' `(k [B, K, Dh, T],
-        v [B, K, T, Dh])` are returned for `forward` to write after the layer scan (a
+        marks the slots the new tokens may attend, and the new tokens' `(k, v)`, each
+        `[B, K, T, Dh]`, are returned for `forward` to write after the layer scan (a
         scan that wrote them would carry, and copy, the whole stacked cache);
       * cache_index `[]` int (unrolled layers, each owning its buffers): the new keys are
         written in place at slots `cache_index...` first, then the queries attend the
@@ -339,13 +343,13 @@ class Attention(nn.Module):
       out, new_cache = causal_attention(q, k, v, mask), None
     else:
       cache_k, cache_v = layer_cache
-      new_k = jnp.einsum("btkd->bkdt", k).astype(cache_k.dtype)
+      new_k = _heads_major(k).astype(cache_k.dtype)
       new_v = _heads_major(v).astype(cache_v.dtype)
       if cache_index is None:
         new_cache = (new_k, new_v)
         out = attend(q, [(cache_k, cache_v, cache_mask), (new_k, new_v, mask)])
       else:
-        new_cache = (write_slots(cache_k, new_k, cache_index, axis=3),
+        new_cache = (write_slots(cache_k, new_k, cache_index, axis=2),
                      write_slots(cache_v, new_v, cache_index, axis=2))
         out = attend(q, [new_cache + (cache_mask,)])
     matmul, o_kernel = _kernel(self, "o_kernel", (c.num_heads, c.head_dim, c.hidden_size),
