@@ -181,16 +181,9 @@ def _masked_scores(q, k, mask):
   """fp32 scaled scores `[B, K, G, T, S]`, MASK_VALUE where `mask [B, T, S]` is False.
 
   q `[B, K, G, T, Dh]`, k `[B, K, S, Dh]`. Heads-major: every product is a plain batched
-  matrix product, with no transposes of the `[T, S]` matrices. For a few query rows
-  (decoding) the keys are the product's left operand (`k q^T`, then the small result
-  transposed), as the weights are in `project_output_major` and for the same reason:
-  XLA:CPU repacks a right operand at every call, here the whole key cache every step.
+  matrix product, with no transposes of the `[T, S]` matrices.
   """
-  if q.shape[2] * q.shape[3] > OUTPUT_MAJOR_MAX_ROWS:
-    scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
-  else:
-    scores = jnp.einsum("bksd,bkgtd->bkgts", k, q, preferred_element_type=jnp.float32)
-    scores = jax.lax.optimization_barrier(scores)
+  scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
   return jnp.where(mask[:, None, None], scores / math.sqrt(q.shape[-1]), MASK_VALUE)
 
 
