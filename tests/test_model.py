@@ -79,7 +79,7 @@ def test_parameter_layouts_give_the_same_outputs(name, layout):
     got = models.forward(config, converted, ids, attention_mask=mask,
                          step_positions=step_positions, lm_logits=lm_logits)
     for key in ("logits", "hidden", "step_scores"):
-      np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-5, err_msg=key)
+      np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, atol=1e-6, err_msg=key)
 
 
 def test_cache_layout_must_match_the_parameters():
