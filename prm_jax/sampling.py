@@ -57,7 +57,7 @@ import numpy as np
 from prm_jax import models, parallel
 from prm_jax.kernels import token_stats
 from prm_jax.models.config import ModelConfig
-from prm_jax.models.transformer import constrain
+from prm_jax.models.transformer import constrain, move_as_bits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,7 +231,7 @@ def _sample(config: ModelConfig, sampling: SamplingConfig, params, input_ids, at
   keep = end - 1 + forced
   slots = jnp.arange(length + steps)
   # The batch axis of a key/value buffer: 0 per layer, 1 when stacked `[L, B, ...]`.
-  rows_of = lambda x: jnp.take(x, sources, axis=x.ndim - 4)
+  rows_of = lambda x: move_as_bits(lambda b: jnp.take(b, sources, axis=x.ndim - 4), x)
   row_cache = {"k": jax.tree.map(rows_of, cache["k"]), "v": jax.tree.map(rows_of, cache["v"]),
                "mask": jnp.take(cache["mask"], sources, axis=0) & (slots[None] < keep[:, None]),
                "index": cache["index"]}

@@ -56,20 +56,35 @@ class RMSNorm(nn.Module):
     return (y * scale.astype(jnp.float32)).astype(c.compute_dtype)
 
 
-def apply_rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+def rotary_angles(positions: jax.Array, head_dim: int, theta: float):
+  """`(sin, cos)` of the rotary angles, each fp32 `[B, T, 1, Dh/2]`, for `apply_rotary`.
+
+  Computed once per forward and shared by every layer. Each table leaves through a
+  product with the identity (exact: one nonzero term per output) because XLA fuses
+  elementwise producers into their consumers, duplicating them: it would evaluate sin and
+  cos again for every element of every layer's queries and keys (9 query heads x 30
+  layers for SmolLM2; 0.15 s of a 0.6 s batch-16 prefill, 2 ms of a 40 ms decode step on
+  the CPU of benchmarks/RESULTS.md) and it never fuses a dot. (An optimization barrier
+  does not stop it: XLA removes barriers before fusing.)
+  """
+  inv_freq = 1.0 / theta ** (np.arange(head_dim // 2, dtype=np.float32) * 2.0 / head_dim)
+  angles = positions.astype(jnp.float32)[..., None, None] * jnp.asarray(inv_freq)
+  identity = jnp.eye(head_dim // 2, dtype=jnp.float32)
+  materialise = lambda table: jnp.dot(table, identity, precision=jax.lax.Precision.HIGHEST)
+  return materialise(jnp.sin(angles)), materialise(jnp.cos(angles))
+
+
+def apply_rotary(x: jax.Array, rotary) -> jax.Array:
   """Rotary position embedding, half-split ("rotate_half") layout of Llama/Qwen2 in HF.
 
   Args:
     x: `[B, T, N, Dh]` queries or keys.
-    positions: `[B, T]` integer positions (explicit, so left padding is exact).
-    theta: frequency base.
+    rotary: `(sin, cos)` from `rotary_angles` of the `[B, T]` integer positions
+      (explicit, so left padding is exact).
   Returns:
-    `[B, T, N, Dh]` in the dtype of `x`; angles and rotation are computed in fp32.
+    `[B, T, N, Dh]` in the dtype of `x`; the rotation is computed in fp32.
   """
-  half = x.shape[-1] // 2
-  inv_freq = 1.0 / theta ** (np.arange(half, dtype=np.float32) * 2.0 / x.shape[-1])
-  angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, Dh/2]
-  sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+  sin, cos = rotary
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
@@ -162,19 +177,39 @@ def _kernel(module: nn.Module, name: str, shape: tuple, axes: tuple):
 QUERY_BLOCK = 128
 
 
-def write_slots(buffer: jax.Array, update: jax.Array, index, axis: int) -> jax.Array:
-  """`buffer` with `update` written at `index` along `axis` (a KV-cache write), in place.
+def move_as_bits(move, *arrays: jax.Array) -> jax.Array:
+  """`move(*arrays)` for a pure data movement `move` (a gather, a slot write) of arrays of
+  one dtype, done on same-width unsigned-integer views when that dtype is a two-byte float.
 
-  Two-byte floats are written through a same-width integer view: XLA:CPU performs a
-  bf16 update in fp32, converting the whole buffer there and back -- a full copy of the
-  cache per write instead of a few bytes. The view is free on every backend.
+  XLA:CPU has no bf16 data movement: it moves bf16 through fp32, converting each whole
+  operand there and back -- at every KV-cache write a full copy of the cache instead of a
+  few bytes, at every embedding lookup an fp32 copy of the table. The view is free on
+  every backend. Not differentiable (the view has no derivative); see `embed`.
   """
-  update = update.astype(buffer.dtype)
-  if not (jnp.issubdtype(buffer.dtype, jnp.floating) and buffer.dtype.itemsize == 2):
-    return jax.lax.dynamic_update_slice_in_dim(buffer, update, index, axis)
-  bits = lambda x: jax.lax.bitcast_convert_type(x, jnp.uint16)
-  written = jax.lax.dynamic_update_slice_in_dim(bits(buffer), bits(update), index, axis)
-  return jax.lax.bitcast_convert_type(written, buffer.dtype)
+  dtype = arrays[0].dtype
+  if not (jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize == 2):
+    return move(*arrays)
+  moved = move(*(jax.lax.bitcast_convert_type(a, jnp.uint16) for a in arrays))
+  return jax.lax.bitcast_convert_type(moved, dtype)
+
+
+def write_slots(buffer: jax.Array, update: jax.Array, index, axis: int) -> jax.Array:
+  """`buffer` with `update` written at `index` along `axis` (a KV-cache write), in place."""
+  return move_as_bits(lambda b, u: jax.lax.dynamic_update_slice_in_dim(b, u, index, axis),
+                      buffer, update.astype(buffer.dtype))
+
+
+@jax.custom_jvp
+def embed(table: jax.Array, ids: jax.Array) -> jax.Array:
+  """Rows `ids [...]` of `table [V, D]` -> `[..., D]`, gathered through `move_as_bits`
+  (differentiable: the derivative is the same gather of the table's tangent)."""
+  return move_as_bits(lambda t: jnp.take(t, ids, axis=0), table)
+
+
+@embed.defjvp
+def _embed_jvp(primals, tangents):
+  table, ids = primals
+  return embed(table, ids), jnp.take(tangents[0], ids, axis=0)
 
 
 def _masked_scores(q, k, mask):
@@ -309,8 +344,8 @@ class Attention(nn.Module):
     return y
 
   @nn.compact
-  def __call__(self, x, positions, mask, layer_cache, cache_mask, cache_index):
-    """x `[B, T, D]`, positions `[B, T]`, mask `[B, T, T]` among the new tokens.
+  def __call__(self, x, rotary, mask, layer_cache, cache_mask, cache_index):
+    """x `[B, T, D]`, rotary `(sin, cos)` from `rotary_angles`, mask `[B, T, T]` among the new tokens.
 
     layer_cache: None, or this layer's cache `(k, v)`, each `[B, K, S, Dh]`, used
       one of two ways:
@@ -327,9 +362,9 @@ class Attention(nn.Module):
     q = self._heads_in("q", x, c.num_heads, "heads")
     k = self._heads_in("k", x, c.num_kv_heads, "kv_heads")
     v = self._heads_in("v", x, c.num_kv_heads, "kv_heads")
-    q = constrain(apply_rotary(q, positions, c.rope_theta),
+    q = constrain(apply_rotary(q, rotary),
                   ("batch", "length", "heads", "head_dim"))
-    k = constrain(apply_rotary(k, positions, c.rope_theta),
+    k = constrain(apply_rotary(k, rotary),
                   ("batch", "length", "kv_heads", "head_dim"))
     v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
     if layer_cache is None:
@@ -358,25 +393,32 @@ class Linear(nn.Module):
   config: ModelConfig
   features: int
   axes: tuple
+  out_dtype: jnp.dtype | None = None  # None: the compute dtype.
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     c = self.config
     matmul, kernel = _kernel(self, "kernel", (x.shape[-1], self.features), self.axes)
-    return matmul(x.astype(c.compute_dtype), kernel)
+    return matmul(x.astype(c.compute_dtype), kernel, self.out_dtype)
 
 
 class MLP(nn.Module):
-  """SwiGLU: down(silu(gate(x)) * up(x))."""
+  """SwiGLU: down(silu(gate(x)) * up(x)), the activation computed in fp32.
+
+  fp32 because the products accumulate in fp32 anyway, and because XLA:CPU has no bf16
+  arithmetic: it rounds every intermediate of a bf16 silu back to bf16 (six roundings per
+  element, the decode step's slowest elementwise op); rounded once, `h` is also closer to
+  the exact value.
+  """
 
   config: ModelConfig
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     c = self.config
-    gate = Linear(c, c.mlp_dim, ("embed", "mlp"), name="gate")(x)
-    up = Linear(c, c.mlp_dim, ("embed", "mlp"), name="up")(x)
-    h = constrain(nn.silu(gate) * up, ("batch", "length", "mlp"))
+    gate = Linear(c, c.mlp_dim, ("embed", "mlp"), jnp.float32, name="gate")(x)
+    up = Linear(c, c.mlp_dim, ("embed", "mlp"), jnp.float32, name="up")(x)
+    h = constrain((nn.silu(gate) * up).astype(c.compute_dtype), ("batch", "length", "mlp"))
     return Linear(c, c.hidden_size, ("mlp", "embed"), name="down")(h)
 
 
@@ -386,9 +428,9 @@ class Block(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, layer_cache, positions, mask, cache_mask, cache_index):
+  def __call__(self, x, layer_cache, rotary, mask, cache_mask, cache_index):
     h, new_cache = Attention(self.config, name="attn")(
-        RMSNorm(self.config, name="attn_norm")(x), positions, mask, layer_cache, cache_mask,
+        RMSNorm(self.config, name="attn_norm")(x), rotary, mask, layer_cache, cache_mask,
         cache_index)
     x = x + h
     x = x + MLP(self.config, name="mlp")(RMSNorm(self.config, name="mlp_norm")(x))
@@ -413,8 +455,9 @@ class Transformer(nn.Module):
     c = self.config
     embedding = self.param("embedding", _init(c, ("vocab", "embed")),
                            (c.vocab_size, c.hidden_size), c.params_dtype)
-    x = jnp.take(embedding, input_ids, axis=0).astype(c.compute_dtype)
+    x = embed(embedding, input_ids).astype(c.compute_dtype)
     x = constrain(x, ("batch", "length", "embed"))
+    rotary = rotary_angles(positions, c.head_dim, c.rope_theta)
 
     block = Block
     if c.remat != "none":
@@ -423,13 +466,13 @@ class Transformer(nn.Module):
       layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                        length=c.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
-      x, new_cache_kv = layers(c, name="layers")(x, cache_kv, positions, mask, cache_mask,
+      x, new_cache_kv = layers(c, name="layers")(x, cache_kv, rotary, mask, cache_mask,
                                                  cache_index)
     else:
       new_cache_kv = []
       for i in range(c.num_layers):
         x, layer_kv = block(c, name=f"layers_{i}")(
-            x, None if cache_kv is None else cache_kv[i], positions, mask, cache_mask,
+            x, None if cache_kv is None else cache_kv[i], rotary, mask, cache_mask,
             cache_index)
         new_cache_kv.append(layer_kv)
     hidden = RMSNorm(c, name="final_norm")(x)
