@@ -182,15 +182,11 @@ def _blocked_summary(x, start):
   x = x.reshape(rows, blocks, BLOCK)
   block_max = jnp.max(x, axis=-1)
   top_values, top_blocks = _top2_blocks(block_max)
+  # Both sums per block, against the block's max, then merged like chunks. Summed straight
+  # against the chunk's max, `t`'s two-level sum was folded by XLA into one whole-chunk
+  # reduction (the slow kind: 1.56 -> 1.14 ms for 16 x 49152 logits).
   block_ref = jnp.maximum(block_max, _LOWEST)
-  ref = jnp.maximum(top_values[:, 0], _LOWEST)
-  # `s` is summed per block against the block's max and rescaled, `t` directly against
-  # the chunk's: the two sums then share no elementwise work, which XLA would otherwise
-  # compute once into a chunk-sized buffer with its slow loop emitter.
-  sumexp = jnp.sum(jnp.exp(x - block_ref[..., None]), axis=-1)
-  sumexp = jnp.sum(jnp.exp(block_ref - ref[:, None]) * sumexp, axis=-1)
-  shifted = jnp.maximum(x - ref[:, None, None], _EXP_FLOOR)
-  sumyexp = jnp.sum(jnp.sum(shifted * jnp.exp(shifted), axis=-1), axis=-1)
+  ref, sumexp, sumyexp = _merge_sums(block_ref, *_exp_sums(x, block_ref))
   top_blocks = jnp.where(top_blocks >= 0, start // BLOCK + top_blocks, -1)
   return _Summary(ref, sumexp, sumyexp, top_values[:, 0], top_blocks[:, 0],
                   top_values[:, 1], top_blocks[:, 1])
