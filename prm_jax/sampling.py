@@ -23,7 +23,9 @@ head, and a row's prefix may end anywhere.
 
 Decode layout. With `decode_layout` (the default on CPU) the call first converts the
 parameters, in a jitted call of its own, to the layout XLA:CPU decodes fastest, and the
-sampling program runs on that copy (it lives for the call):
+sampling program runs on that copy (it lives for the call). To sample many batches with
+the same weights (Best-of-N, rollouts between two policy updates), convert once with
+`decode_params` and pass the result instead: calls then skip the copy. The layout:
   * blocks unstacked (`models.unstack_layers`), run as a Python loop over per-layer
     weights and per-layer KV-cache buffers, each updated in place: scanned, XLA:CPU copies
     each layer's weights and cache slice out of the stacked arrays at every step;
@@ -255,9 +257,20 @@ def _sample(config: ModelConfig, sampling: SamplingConfig, params, input_ids, at
 
 
 @jax.jit
-def _to_decode_layout(params: dict) -> dict:
-  """The sampler's CPU layout of stacked `params` (module docstring), materialised."""
+def decode_params(params: dict) -> dict:
+  """Stacked `params` in the decode layout (module docstring), materialised: convert once
+  and pass the result to `generate` / `continue_prefixes` for every batch. On a mesh,
+  convert parameters already placed with `parallel.param_shardings`."""
   return models.transpose_kernels(models.unstack_layers(params))
+
+
+def _in_decode_layout(params: dict) -> bool:
+  if "layers" in params:
+    return False
+  if "layers_0" in params:
+    return True
+  raise ValueError("params must be stacked (a `layers` entry, as loaded or trained) or in the "
+                   f"decode layout (`decode_params`); got keys {sorted(params)}")
 
 
 @functools.lru_cache(maxsize=64)
@@ -313,7 +326,8 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
   """Continue R prefixes of M left-padded prompts, all in one batch.
 
   Args:
-    config, params: the model (stacked parameters, as `init_params` and the loaders give).
+    config, params: the model: stacked parameters (as `init_params` and the loaders give),
+      or their `decode_params` conversion.
     input_ids: `[M, T]` int prompts (trajectories), left-padded; attention_mask `[M, T]`.
     sources: `[R]` int, the prompt each row continues.
     prefix_lengths: `[R]` int, how many of that prompt's real tokens the row keeps
@@ -324,8 +338,8 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
       (uint32) threefry keys. Default `jax.random.key(0)`.
     length_bucket: T is left-padded up to a multiple of this, so that prompts of nearby
       lengths reuse one compiled program.
-    decode_layout: convert the parameters to the decode layout first (module docstring);
-      None: on CPU only.
+    decode_layout: convert stacked parameters to the decode layout first (module
+      docstring); None: on CPU only. Parameters already converted are used as they are.
     mesh: run data-parallel (rows over `batch`'s mesh axes) and tensor-parallel on it;
       `params` should be placed with `parallel.param_shardings`.
   Returns:
@@ -335,9 +349,9 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
   sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
                             top_k=top_k, top_p=top_p, stop_tokens=tuple(stop_tokens),
                             pad_id=pad_id)
-  if "layers" not in params:
-    raise ValueError("the sampler takes stacked parameters (a `layers` entry, as loaded or "
-                     "trained) and converts them itself (`decode_layout`)")
+  converted = _in_decode_layout(params)
+  if converted and decode_layout is False:
+    raise ValueError("decode_layout=False, but params are already in the decode layout")
   if decode_layout is None:
     device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
     decode_layout = device.platform == "cpu"
@@ -382,9 +396,10 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
     prompts_sharded = input_ids.shape[0] % parallelism == 0
     (sources, prefix_lengths, next_tokens, keys), rows = _pad_rows(
         [sources, prefix_lengths, next_tokens, keys], parallelism)
-    params = jax.device_put(params, parallel.param_shardings(config, mesh, rules))
-  if decode_layout:
-    params = _to_decode_layout(params)
+    if not converted:
+      params = jax.device_put(params, parallel.param_shardings(config, mesh, rules))
+  if decode_layout and not converted:
+    params = decode_params(params)
   shardings = None
   if mesh is not None:
     leaves, treedef = jax.tree.flatten(jax.tree.map(lambda x: x.sharding, params))

@@ -175,16 +175,34 @@ def test_decode_layout_samples_like_stacked_layers(model, prompts, dtype):
     np.testing.assert_allclose(unrolled[name], scanned[name], atol=atol, err_msg=name)
 
 
-@pytest.mark.parametrize("decode_layout", [False, True], ids=["stacked", "decode_layout"])
-def test_sharded_sampling_equals_single_device(model, prompts, decode_layout):
+def test_params_converted_once_sample_like_converted_per_call(model, prompts):
+  config, params = model
+  ids, mask = prompts
+  kwargs = dict(max_new_tokens=STEPS, temperature=1.0, rng=jax.random.key(5), num_samples=2)
+  per_call = _generate(config, params, ids, mask, decode_layout=True, **kwargs)
+  converted = sampling.decode_params(params)
+  once = _generate(config, converted, ids, mask, **kwargs)
+  for name in per_call:
+    np.testing.assert_array_equal(once[name], per_call[name], err_msg=name)
+  with pytest.raises(ValueError, match="already in the decode layout"):
+    sampling.generate(config, converted, ids, mask, decode_layout=False, **kwargs)
+  with pytest.raises(ValueError, match="stacked .* or in the decode layout"):
+    sampling.generate(config, {"embedding": params["embedding"]}, ids, mask, **kwargs)
+
+
+@pytest.mark.parametrize("layout", ["stacked", "decode_layout", "converted"])
+def test_sharded_sampling_equals_single_device(model, prompts, layout):
   config, params = model
   ids, mask = prompts
   mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
   kwargs = dict(max_new_tokens=STEPS, temperature=1.0, rng=jax.random.key(2), num_samples=3,
-                decode_layout=decode_layout)
+                decode_layout=layout != "stacked")
   single = _generate(config, params, ids, mask, **kwargs)
-  sharded = _generate(config, jax.device_put(params, parallel.param_shardings(
-      config, mesh)), ids[:3], mask[:3], mesh=mesh, **kwargs)  # 9 rows: padded to 12 inside.
+  placed = jax.device_put(params, parallel.param_shardings(config, mesh))
+  if layout == "converted":
+    placed = sampling.decode_params(placed)
+  sharded = _generate(config, placed, ids[:3], mask[:3], mesh=mesh,
+                      **kwargs)  # 9 rows: padded to 12 inside.
   np.testing.assert_array_equal(sharded["tokens"], single["tokens"][:9])
   np.testing.assert_allclose(sharded["entropy"], single["entropy"][:9], atol=1e-5)
 
