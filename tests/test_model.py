@@ -72,6 +72,9 @@ def test_parameter_layouts_give_the_same_outputs(name, layout):
     assert set(block["attn"]) >= {"q_kernel_t", "o_kernel_t"}
     assert block["attn"]["o_kernel_t"].shape[-2:] == (config.hidden_size,
                                                      config.num_heads * config.head_dim)
+    assert set(block["mlp"]) == {"gate_up_kernel_t", "down"}
+    assert block["mlp"]["gate_up_kernel_t"].shape[-2:] == (2 * config.mlp_dim,
+                                                           config.hidden_size)
     assert ("lm_head_t" in converted) == (not config.tie_embeddings)
   for lm_logits in ("all", "last"):
     expected = models.forward(config, params, ids, attention_mask=mask,

@@ -22,9 +22,9 @@ arrays, which dominates a decode step (see `prm_jax.sampling`, which decodes unr
 CPU). The results are the same either way.
 
 Kernel orientation. `transpose_kernels(params)` stores every projection kernel
-output-major (`q_kernel` `[D, H, Dh]` -> `q_kernel_t` `[H*Dh, D]`, ...), which `forward`
-applies as the left operand of its product; the sampler's CPU decode layout is both
-transforms. Same results, different speed on XLA:CPU (`transformer.project_output_major`).
+output-major (`q_kernel` `[D, H, Dh]` -> `q_kernel_t` `[H*Dh, D]`, ...; the MLP's gate and
+up kernels as one `gate_up_kernel_t` `[2F, D]`), which `forward` applies as the left
+operand of its product; the sampler's CPU decode layout is both transforms. Same results, different speed on XLA:CPU (`transformer.project_output_major`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from prm_jax.models.config import ModelConfig
-from prm_jax.models.transformer import (KERNEL_IN_DIMS, OUTPUT_MAJOR, Transformer,
+from prm_jax.models.transformer import (GATE_UP, KERNEL_IN_DIMS, OUTPUT_MAJOR, Transformer,
                                          write_slots)
 
 LM_LOGITS = ("all", "last", "none")
@@ -84,10 +84,12 @@ def transpose_kernels(params: dict) -> dict:
   """The same parameters with every projection kernel (the blocks' and an untied LM head's)
   stored output-major: `name` `[*in, *out]` becomes `name_t`, the `[prod(out), prod(in)]`
   matrix that `forward` then applies as the left operand (`transformer.
-  project_output_major`), which XLA:CPU decodes faster (`prm_jax.sampling`). Works on
-  stacked and unstacked blocks. Convert in a jitted call of its own, as the sampler does:
-  inside the program that runs the model, XLA folds the transposition back into the
-  products."""
+  project_output_major`), which XLA:CPU decodes faster (`prm_jax.sampling`). The MLP's
+  gate and up kernels become one `[2F, D]` matrix `mlp/gate_up_kernel_t` (gate rows
+  first): one product instead of two that XLA:CPU would run concurrently, one thread each.
+  Works on stacked and unstacked blocks. Convert in a jitted call of its own, as the
+  sampler does: inside the program that runs the model, XLA folds the transposition back
+  into the products."""
   def convert(tree: dict, lead: int) -> dict:
     out = {}
     for name, value in tree.items():
@@ -100,6 +102,9 @@ def transpose_kernels(params: dict) -> dict:
         out[name + OUTPUT_MAJOR] = jnp.swapaxes(matrix, -1, -2)
       else:
         out[name] = value
+    if set(out.get("gate", ())) == set(out.get("up", ())) == {"kernel" + OUTPUT_MAJOR}:
+      out[GATE_UP + OUTPUT_MAJOR] = jnp.concatenate(
+          [out.pop(part)["kernel" + OUTPUT_MAJOR] for part in ("gate", "up")], axis=-2)
     return out
 
   converted = {}

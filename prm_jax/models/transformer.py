@@ -158,6 +158,8 @@ def project_output_major(x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Arra
 KERNEL_IN_DIMS = {"q_kernel": 1, "k_kernel": 1, "v_kernel": 1, "o_kernel": 2, "kernel": 1,
                   "lm_head": 1}
 OUTPUT_MAJOR = "_t"
+# The MLP's gate and up kernels fused, output-major only: `[2F, D]`, gate rows first.
+GATE_UP = "gate_up_kernel"
 
 
 def _kernel(module: nn.Module, name: str, shape: tuple, axes: tuple):
@@ -416,8 +418,13 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     c = self.config
-    gate = Linear(c, c.mlp_dim, ("embed", "mlp"), jnp.float32, name="gate")(x)
-    up = Linear(c, c.mlp_dim, ("embed", "mlp"), jnp.float32, name="up")(x)
+    if self.has_variable("params", GATE_UP + OUTPUT_MAJOR):  # The decode layout.
+      w = self.get_variable("params", GATE_UP + OUTPUT_MAJOR).astype(c.compute_dtype)
+      gate, up = jnp.split(project_output_major(x.astype(c.compute_dtype), w, jnp.float32), 2,
+                           axis=-1)
+    else:
+      gate = Linear(c, c.mlp_dim, ("embed", "mlp"), jnp.float32, name="gate")(x)
+      up = Linear(c, c.mlp_dim, ("embed", "mlp"), jnp.float32, name="up")(x)
     h = constrain((nn.silu(gate) * up).astype(c.compute_dtype), ("batch", "length", "mlp"))
     return Linear(c, c.hidden_size, ("mlp", "embed"), name="down")(h)
 
