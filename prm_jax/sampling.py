@@ -218,10 +218,12 @@ def _sample(config: ModelConfig, sampling: SamplingConfig, params, input_ids, at
   either layout."""
   prompts, length = input_ids.shape
   rows, steps = sources.shape[0], sampling.max_new_tokens
-  # The barrier keeps XLA from constant-folding attention over the empty cache (seconds
-  # of compile time for nothing).
+  # The prefill fills a cache of the prompts' T slots (so its attention reads no empty
+  # slots); the rows' caches then get the `steps` slots the decode loop writes. The
+  # barrier keeps XLA from constant-folding attention over the empty cache (seconds of
+  # compile time for nothing).
   cache = jax.lax.optimization_barrier(models.init_cache(
-      config, prompts, length + steps, unrolled="layers" not in params))
+      config, prompts, length, unrolled="layers" not in params))
   cache = models.forward(config, params, input_ids, attention_mask=attention_mask, cache=cache,
                          lm_logits="none")["cache"]
   # Rows copy their prompt's cache; slots past the prefix (left padding: the prefix ends
@@ -232,10 +234,16 @@ def _sample(config: ModelConfig, sampling: SamplingConfig, params, input_ids, at
   forced = next_tokens >= 0
   keep = end - 1 + forced
   slots = jnp.arange(length + steps)
-  # The batch axis of a key/value buffer: 0 per layer, 1 when stacked `[L, B, ...]`.
-  rows_of = lambda x: move_as_bits(lambda b: jnp.take(b, sources, axis=x.ndim - 4), x)
+
+  def rows_of(x):  # `[(L,) M, K, T, Dh]` -> `[(L,) R, K, T + steps, Dh]`.
+    grow = [(0, 0)] * x.ndim
+    grow[-2] = (0, steps)
+    # The batch axis of a key/value buffer: 0 per layer, 1 when stacked `[L, B, ...]`.
+    return move_as_bits(lambda b: jnp.pad(jnp.take(b, sources, axis=x.ndim - 4), grow), x)
+
   row_cache = {"k": jax.tree.map(rows_of, cache["k"]), "v": jax.tree.map(rows_of, cache["v"]),
-               "mask": jnp.take(cache["mask"], sources, axis=0) & (slots[None] < keep[:, None]),
+               "mask": jnp.pad(jnp.take(cache["mask"], sources, axis=0), ((0, 0), (0, steps)))
+                       & (slots[None] < keep[:, None]),
                "index": cache["index"]}
   row_cache = jax.tree.map(lambda x, spec: constrain(x, tuple(spec)), row_cache,
                            models.cache_logical_axes(row_cache))
