@@ -182,11 +182,17 @@ def _blocked_summary(x, start):
   x = x.reshape(rows, blocks, BLOCK)
   block_max = jnp.max(x, axis=-1)
   top_values, top_blocks = _top2_blocks(block_max)
-  # Both sums per block, against the block's max, then merged like chunks. Summed straight
-  # against the chunk's max, `t`'s two-level sum was folded by XLA into one whole-chunk
-  # reduction (the slow kind: 1.56 -> 1.14 ms for 16 x 49152 logits).
+  # Both sums per block, against the block's max, then merged like chunks: summed against
+  # the chunk's max, `t`'s two-level sum was folded by XLA into one whole-chunk reduction
+  # (the slow kind). The two sums share no elementwise expression (the floor is applied
+  # before the shift; below it exp underflows to 0 either way): a shared one, XLA
+  # computes once into a chunk-sized buffer with its slow loop emitter. In the bf16
+  # batch-16 decode step of SmolLM2 the statistics went from 2.7 to 1.7 ms.
   block_ref = jnp.maximum(block_max, _LOWEST)
-  ref, sumexp, sumyexp = _merge_sums(block_ref, *_exp_sums(x, block_ref))
+  block_sumexp = jnp.sum(jnp.exp(x - block_ref[..., None]), axis=-1)
+  shifted = jnp.maximum(x, (block_ref + _EXP_FLOOR)[..., None]) - block_ref[..., None]
+  block_sumyexp = jnp.sum(shifted * jnp.exp(shifted), axis=-1)
+  ref, sumexp, sumyexp = _merge_sums(block_ref, block_sumexp, block_sumyexp)
   top_blocks = jnp.where(top_blocks >= 0, start // BLOCK + top_blocks, -1)
   return _Summary(ref, sumexp, sumyexp, top_values[:, 0], top_blocks[:, 0],
                   top_values[:, 1], top_blocks[:, 1])
