@@ -24,7 +24,8 @@ CPU). The results are the same either way.
 Kernel orientation. `transpose_kernels(params)` stores every projection kernel
 output-major (`q_kernel` `[D, H, Dh]` -> `q_kernel_t` `[H*Dh, D]`, ...; the MLP's gate and
 up kernels as one `gate_up_kernel_t` `[2F, D]`), which `forward` applies as the left
-operand of its product; the sampler's CPU decode layout is both transforms. Same results, different speed on XLA:CPU (`transformer.project_output_major`).
+operand of its product; the sampler's CPU decode layout is both transforms. Same results,
+different speed on XLA:CPU (`transformer.project_output_major`).
 """
 
 from __future__ import annotations

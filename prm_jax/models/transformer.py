@@ -347,7 +347,8 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x, rotary, mask, layer_cache, cache_mask, cache_index):
-    """x `[B, T, D]`, rotary `(sin, cos)` from `rotary_angles`, mask `[B, T, T]` among the new tokens.
+    """x `[B, T, D]`, rotary `(sin, cos)` from `rotary_angles`, mask `[B, T, T]` among the
+    new tokens.
 
     layer_cache: None, or this layer's cache `(k, v)`, each `[B, K, S, Dh]`, used
       one of two ways:
@@ -407,10 +408,9 @@ class Linear(nn.Module):
 class MLP(nn.Module):
   """SwiGLU: down(silu(gate(x)) * up(x)), the activation computed in fp32.
 
-  fp32 because the products accumulate in fp32 anyway, and because XLA:CPU has no bf16
-  arithmetic: it rounds every intermediate of a bf16 silu back to bf16 (six roundings per
-  element, the decode step's slowest elementwise op); rounded once, `h` is also closer to
-  the exact value.
+  fp32 because the products accumulate in fp32 anyway: `h` is rounded once, not after
+  each step of the silu (XLA:CPU has no bf16 arithmetic and rounds every bf16
+  intermediate; that made the bf16 prefill's activation 3x slower, benchmarks/RESULTS.md).
   """
 
   config: ModelConfig
