@@ -1,0 +1,273 @@
+"""Stages the paper pipelines share: tasks, the SFT policy, sampled candidates, reward-model
+training and scoring, Best-of-N / ProcessBench evaluation.
+
+A pipeline (`quickstart`, `edu_prm`, ...) is a top-to-bottom sequence of these. Each stage
+writes its result atomically into the workdir (`stage`) and training stages checkpoint, so
+rerunning a pipeline with the same workdir skips what is finished. The config sections
+they read are those of `experiments/quickstart.py` (`task`, `data`, `policy`, `sft`,
+`sampling`, `eval`, reward-model sections with `batch_size` / `max_length` / `train`):
+pipelines that start from the quickstart's tasks and policy reuse its config builder, so
+the same seed gives the same problems and the same policy.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from prm_jax import config_lib, files, policy, train
+from prm_jax.data import CharTokenizer, Trajectory, pipeline
+from prm_jax.data.tasks import generate_corpus
+from prm_jax.data.tokenize import prompt_ids
+from prm_jax.evaluate import (Candidates, best_of_n_curves, calibrate_threshold, earliest_error,
+                              first_errors, pad_steps, processbench_f1)
+from prm_jax.evaluate.prm_scores import score_steps
+from prm_jax.objectives.prm import auroc, make_prm_loss
+from prm_jax.objectives.sft import make_sft_loss
+
+
+def stage(workdir: str, name: str, compute: Callable[[], Any]) -> Any:
+  """The stage's saved result (`workdir/name`, JSON), or `compute()` saved atomically
+  (process 0 writes)."""
+  path = os.path.join(workdir, name)
+  if os.path.exists(path):
+    logging.info("stage %s: done before (%s)", name, path)
+    return files.read_json(path)
+  start = time.perf_counter()
+  result = compute()
+  if jax.process_index() == 0:
+    files.write_json(path, result)
+  logging.info("stage %s: %.1fs", name, time.perf_counter() - start)
+  return result
+
+
+def progress(what: str) -> Callable[[int, int], None]:
+  """A `(done, total)` callback that logs at most every 10 s, and at the end."""
+  last = [0.0]
+
+  def report(done: int, total: int):
+    now = time.perf_counter()
+    if now - last[0] > 10 or done == total:
+      last[0] = now
+      logging.info("%s: %d/%d", what, done, total)
+  return report
+
+
+def json_safe(metrics: dict) -> dict:
+  """Undefined metrics (no erroneous sample, say) are NaN: stored as null."""
+  return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in metrics.items()}
+
+
+# ----------------------------------------------------------------------------- policy
+
+
+def policy_model(config: ml_collections.ConfigDict):
+  """(model config, initial params or None, tokenizer) of the policy (`config.policy`)."""
+  section = config.policy
+  if section.init == "scratch":
+    return config_lib.model_config(section.model), None, CharTokenizer()
+  if section.init == "hf":
+    from prm_jax.data.tokenizer import load_tokenizer
+    from prm_jax.models.hf import load_pretrained
+    model_config, params = load_pretrained(section.path)
+    return model_config, params, load_tokenizer(section.path)
+  if section.init == "gguf":
+    from prm_jax.models.gguf import load_gguf
+    return load_gguf(section.path)
+  raise ValueError(f"policy.init={section.init!r} is not one of 'scratch', 'hf', 'gguf'")
+
+
+def error_rate(config: ml_collections.ConfigDict, task) -> Callable[[str], float]:
+  """Error rate of a problem's SFT solution by its number of reasoning steps: entry i of
+  `data.error_rates` is for i + 1 steps, the last entry for all longer solutions."""
+  rates = tuple(config.data.error_rates)
+  if not rates:
+    raise ValueError("data.error_rates is empty (give at least one rate)")
+  return lambda problem: rates[min(len(task.solve(problem)) - 2, len(rates) - 1)]
+
+
+def check_reward_lengths(config, tokenizer, problems: Sequence[str],
+                         sections: Sequence[str]) -> None:
+  """Fail now, not after sampling, if a sampled solution might not fit a reward model."""
+  longest = max(len(prompt_ids(tokenizer, p)) for p in problems) + config.sampling.max_new_tokens
+  for name in sections:
+    if config[name].max_length < longest:
+      raise ValueError(
+          f"{name}.max_length={config[name].max_length} cannot hold a sampled solution: the "
+          f"longest prompt plus sampling.max_new_tokens is {longest} tokens")
+
+
+def train_model(name: str, model_config, loss_fn, batches, section, workdir: str, mesh,
+                init_params=None):
+  """Parameters after `train_loop` in `workdir/name` (resumes from its checkpoints)."""
+  result = train.train_loop(model_config, loss_fn, iter(batches),
+                            config=config_lib.train_config(section.train),
+                            workdir=os.path.join(workdir, name), mesh=mesh,
+                            init_params=init_params)
+  return result.state.params
+
+
+def make_tasks(config, task) -> dict:
+  """`{"sft": [Trajectory dicts], "prm": [problems], "test": [problems]}`: the SFT corpus
+  (errors at `data.error_rates`), PRM-training problems (train split, apart from the SFT
+  corpus) and held-out test problems, all from `config.seed`."""
+  data, seed = config.data, config.seed
+  corpus = generate_corpus(task, data.sft_problems, seed=seed, split="train",
+                           error_rate=error_rate(config, task),
+                           error_kinds=tuple(data.error_kinds))
+  sft_set = {t.problem for t in corpus}
+  # PRM problems: train split, apart from the SFT corpus (its own seed stream).
+  prm = [p for p in task.problems(data.prm_problems + len(sft_set), seed=seed + 10_000)
+         if p not in sft_set][:data.prm_problems]
+  return {"sft": [t.to_dict() for t in corpus], "prm": prm,
+          "test": task.problems(data.test_problems, seed=seed, split="test")}
+
+
+def sft_policy(config, model_config, init_params, tokenizer, tasks: dict, workdir: str, mesh):
+  """The policy: SFT (`config.sft`) on the task corpus, in `workdir/policy`."""
+  corpus = [Trajectory.from_dict(t) for t in tasks["sft"]]
+  sft = config.sft
+  return train_model("policy", model_config, make_sft_loss(model_config),
+                     pipeline.sft_batches(corpus, tokenizer, batch_size=sft.batch_size,
+                                          max_length=sft.max_length, seed=config.seed),
+                     sft, workdir, mesh, init_params)
+
+
+# ----------------------------------------------------------------------------- samples
+
+
+def verdict_record(task, problem: str, text: str) -> dict:
+  """A sampled solution with the checker's exact verdict of every step."""
+  verdict = task.check(problem, text)
+  return {"problem": problem, "text": text, "steps": list(verdict.steps),
+          "step_correct": list(verdict.step_correct), "first_error": verdict.first_error,
+          "answer": verdict.final_answer, "solved": verdict.solved}
+
+
+def sample(config, task, model_config, params, tokenizer, problems, num_samples: int, key,
+           mesh) -> dict:
+  """`{"samples": [verdict_record], "generated_tokens"}`: `num_samples` solutions per problem
+  at `config.sampling`'s temperature (sample s of problem p is row p * num_samples + s)."""
+  s = config.sampling
+  solutions = policy.sample_solutions(
+      model_config, params, tokenizer, problems, num_samples=num_samples,
+      max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p or None,
+      rng=key, prompts_per_batch=s.prompts_per_batch, mesh=mesh,
+      progress=progress(f"sampling {num_samples} per problem"))
+  samples = [verdict_record(task, problem, text)
+             for problem, texts in zip(problems, solutions.texts) for text in texts]
+  return {"samples": samples, "generated_tokens": solutions.generated_tokens}
+
+
+def as_trajectories(samples: Sequence[dict]) -> list[Trajectory]:
+  """The samples as unlabelled trajectories (what a reward model scores)."""
+  return [Trajectory(problem=s["problem"], steps=s["steps"]) for s in samples]
+
+
+def reward_data(samples, step_labels=None) -> list[Trajectory]:
+  """Reward-model training trajectories: with `step_labels`, every step labelled (PRM);
+  without, only the final step, labelled by the outcome (ORM)."""
+  data = []
+  for index, sample in enumerate(samples):
+    steps = sample["steps"]
+    labels = (list(step_labels[index]) if step_labels is not None
+              else [None] * (len(steps) - 1) + [float(sample["solved"])])
+    data.append(Trajectory(problem=sample["problem"], steps=steps, labels=labels))
+  return data
+
+
+def train_reward_model(name: str, config, model_config, tokenizer, data: Sequence[Trajectory],
+                       max_steps: int, workdir: str, mesh, init_params, *,
+                       step_separator: str = "\n"):
+  """A reward model (`config[name]`: batch_size, max_length, train) trained on `data` with
+  the step BCE, initialised from `init_params` (the policy), in `workdir/name`."""
+  section = config[name]
+  batches = pipeline.prm_batches(data, tokenizer, batch_size=section.batch_size,
+                                 max_length=section.max_length, max_steps=max_steps,
+                                 seed=config.seed, step_separator=step_separator)
+  return train_model(name, model_config, make_prm_loss(model_config), batches, section,
+                     workdir, mesh, init_params)
+
+
+def reward_scores(config, name: str, model_config, params, tokenizer,
+                  trajectories: Sequence[Trajectory], max_steps: int, mesh) -> list[np.ndarray]:
+  """Step scores of `trajectories` under the reward model `name` (its batch and length)."""
+  section = config[name]
+  return score_steps(model_config, params, tokenizer, trajectories,
+                     max_length=section.max_length, max_steps=max_steps,
+                     batch_size=section.batch_size, mesh=mesh)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def candidates(samples: Sequence[dict], num_samples: int, prm_scores,
+               orm_scores=None) -> Candidates:
+  """Best-of-N candidates: `num_samples` consecutive samples per problem, answers numbered
+  per problem in order of first appearance (-1: no final answer)."""
+  problems = len(samples) // num_samples
+  step_scores, step_mask = pad_steps(prm_scores)
+  step_scores = step_scores.reshape(problems, num_samples, -1)
+  step_mask = step_mask.reshape(step_scores.shape)
+  answer_ids = np.full((problems, num_samples), -1)
+  for p in range(problems):
+    ids: dict[str, int] = {}
+    for n in range(num_samples):
+      answer = samples[p * num_samples + n]["answer"]
+      if answer is not None:
+        answer_ids[p, n] = ids.setdefault(answer, len(ids))
+  correct = np.array([s["solved"] for s in samples]).reshape(problems, num_samples)
+  orm = None
+  if orm_scores is not None:
+    orm = np.array([s[-1] if len(s) else -np.inf for s in orm_scores],
+                   np.float32).reshape(problems, num_samples)
+  return Candidates(answer_ids, correct, step_scores, step_mask, orm)
+
+
+def best_of_n(config, samples: Sequence[dict], prm_scores, orm_scores=None, *,
+              methods=None) -> dict:
+  """`{"bon": {method: {N: accuracy}}, "policy_accuracy"}` on `sampling.num_samples`
+  candidates per problem (`config.eval`: ns, draws, vote_aggregation)."""
+  c = candidates(samples, config.sampling.num_samples, prm_scores, orm_scores)
+  e = config.eval
+  kwargs = {} if methods is None else {"methods": methods}
+  return {"bon": best_of_n_curves(c, tuple(e.ns), draws=e.draws, seed=config.seed,
+                                  vote_aggregation=e.vote_aggregation, **kwargs),
+          "policy_accuracy": float(c.correct.mean())}
+
+
+def processbench(config, test_samples, test_scores, train_scores, train_labels) -> dict:
+  """Earliest-error F1 of a PRM on the test samples (truth: the oracle's first error).
+
+  The threshold is `eval.processbench_threshold`, or with "calibrate" the one with the best
+  F1 on the PRM's training samples, whose first errors come from the hard labels of the
+  PRM's label source (Monte Carlo or oracle): no test data is used to choose it.
+  """
+  setting = config.eval.processbench_threshold
+  if setting == "calibrate":
+    threshold, _ = calibrate_threshold(*pad_steps(train_scores), first_errors(train_labels))
+  else:
+    threshold = float(setting)
+  scores, mask = pad_steps(test_scores)
+  truth = np.array([s["first_error"] for s in test_samples])
+  result = processbench_f1(earliest_error(scores, mask, threshold), truth)
+  result.update(threshold=threshold,
+                f1_at_half=processbench_f1(earliest_error(scores, mask, 0.5), truth)["f1"])
+  return json_safe(result)
+
+
+def oracle_step_auroc(samples: Sequence[dict], scores) -> float:
+  """AUROC of step scores against the oracle's prefix labels (1 while the solution is still
+  on track, 0 from its first error on): how well a PRM ranks good prefixes above bad."""
+  truth = [[i < s["first_error"] or s["first_error"] < 0 for i in range(len(s["steps"]))]
+           for s in samples]
+  flat_scores = np.concatenate([np.asarray(x, np.float64) for x in scores] + [np.zeros(0)])
+  flat_truth = np.concatenate([np.asarray(t, bool) for t in truth] + [np.zeros(0, bool)])
+  value = auroc(flat_scores, flat_truth)
+  return None if np.isnan(value) else value
