@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any, Protocol
 
 import flax.struct
 import jax
@@ -94,23 +95,49 @@ class SamplingConfig:
     object.__setattr__(self, "stop_tokens", tuple(int(t) for t in self.stop_tokens))
 
 
+class TokenRule(Protocol):
+  """A per-step hook of the decode loop (static: hashable, closed over like `SamplingConfig`).
+
+  Called once per decode step on every row, after the sampler chose `tokens [R]` and
+  computed the statistics `stats` (`[R]` arrays: `entropy`, `top1`, `top1_prob`, `top2`,
+  `top2_prob`, `logprobs`) of the untempered distribution, with `carry`, the rule's own
+  pytree of per-row state (`[R, ...]` leaves; given by the caller, carried by the loop).
+  Returns `(tokens, halt, carry)`: the tokens to emit (a rule may replace the choice),
+  `halt [R]` bool -- rows that stop *before* emitting this step's token (its statistics and
+  the chosen token are still recorded at the row's position `lengths[r]`, which is not
+  advanced), and the new carry. EDU branching (`prm_jax.labeling.edu`) halts rows at
+  high-entropy tokens so that its driver can fork them there (`resume`).
+  """
+
+  def __call__(self, tokens: jax.Array, stats: dict, carry: Any) -> tuple[jax.Array, jax.Array,
+                                                                          Any]:
+    ...
+
+
 class DecodeState(flax.struct.PyTreeNode):
   """The `lax.while_loop` carry. R rows, N = max_new_tokens.
 
-  step: `[]` int32, tokens generated so far.
+  step: `[]` int32, decode steps run so far.
   cache: KV cache pytree (`models.init_cache` layout) with R rows.
   inputs: `[R]` int32, the token each row feeds next.
   keys: `[R]` PRNG keys, one per row.
+  limits: `[R]` int32, the most tokens a row may emit (<= N).
+  done: `[R]` bool, the row decodes no more (stop token, limit, or halt).
   stopped: `[R]` bool, the row has emitted a stop token.
-  lengths: `[R]` int32, tokens generated up to and including the stop token.
+  halted: `[R]` bool, a `TokenRule` halted the row.
+  lengths: `[R]` int32, tokens emitted, up to and including the stop token.
   tokens, top1, top2: `[R, N]` int32; logprobs, entropy, top1_prob, top2_prob: `[R, N]` fp32.
+  rule_carry: the `TokenRule`'s per-row state (`()` without a rule).
   """
 
   step: jax.Array
   cache: dict
   inputs: jax.Array
   keys: jax.Array
+  limits: jax.Array
+  done: jax.Array
   stopped: jax.Array
+  halted: jax.Array
   lengths: jax.Array
   tokens: jax.Array
   logprobs: jax.Array
@@ -119,10 +146,11 @@ class DecodeState(flax.struct.PyTreeNode):
   top1_prob: jax.Array
   top2: jax.Array
   top2_prob: jax.Array
+  rule_carry: Any = ()
 
 
 STAT_NAMES = ("logprobs", "entropy", "top1", "top1_prob", "top2", "top2_prob")
-OUTPUT_NAMES = ("tokens", "lengths", "stopped") + STAT_NAMES
+OUTPUT_NAMES = ("tokens", "lengths", "stopped", "halted") + STAT_NAMES
 
 
 # ----------------------------------------------------------------------------- choosing
@@ -182,8 +210,8 @@ def choose_tokens(sampling: SamplingConfig, logits: jax.Array, keys: jax.Array) 
 # ----------------------------------------------------------------------------- the loop
 
 
-def _decode_step(config: ModelConfig, sampling: SamplingConfig, params, state: DecodeState
-                 ) -> DecodeState:
+def _decode_step(config: ModelConfig, sampling: SamplingConfig, rule: TokenRule | None, params,
+                 state: DecodeState) -> DecodeState:
   out = models.forward(config, params, state.inputs[:, None], cache=state.cache,
                        lm_logits="last")
   logits = out["logits"][:, 0]
@@ -197,29 +225,99 @@ def _decode_step(config: ModelConfig, sampling: SamplingConfig, params, state: D
     tokens = choose_tokens(sampling, logits, step_keys)
     stats = token_stats(logits, tokens)
     stats["logprobs"] = stats.pop("logprob")
-  live = ~state.stopped
+  halt, carry = jnp.zeros_like(state.stopped), state.rule_carry
+  if rule is not None:
+    tokens, halt, carry = rule(tokens, stats, carry)
+  live = ~state.done  # Rows that record this step (a halting row records, but emits nothing).
+  emit = live & ~halt
   tokens = jnp.where(live, tokens, sampling.pad_id)
-  stopped = state.stopped | jnp.isin(tokens, jnp.asarray(sampling.stop_tokens, jnp.int32))
+  lengths = state.lengths + emit
+  stop = emit & jnp.isin(tokens, jnp.asarray(sampling.stop_tokens, jnp.int32))
 
   def write(buffer, value):  # Rows that had already stopped write 0.
     column = jnp.where(live, value, 0).astype(buffer.dtype)[:, None]
     return jax.lax.dynamic_update_slice_in_dim(buffer, column, state.step, axis=1)
 
   return state.replace(
-      step=state.step + 1, cache=out["cache"], inputs=tokens, stopped=stopped,
-      lengths=state.lengths + live,
+      step=state.step + 1, cache=out["cache"], inputs=tokens, stopped=state.stopped | stop,
+      halted=state.halted | (live & halt), lengths=lengths, rule_carry=carry,
+      done=state.done | halt | stop | (lengths >= state.limits),
       tokens=jax.lax.dynamic_update_slice_in_dim(state.tokens, tokens[:, None], state.step, 1),
       **{name: write(getattr(state, name), stats[name]) for name in STAT_NAMES})
 
 
-def _sample(config: ModelConfig, sampling: SamplingConfig, params, input_ids, attention_mask,
-            sources, prefix_lengths, next_tokens, key_data) -> dict:
+def _decode(config: ModelConfig, sampling: SamplingConfig, rule: TokenRule | None, params,
+            cache: dict, inputs, key_data, limits, rule_carry) -> DecodeState:
+  """Up to N decode steps of R rows from their caches (the first step feeds `inputs [R]`)."""
+  rows, steps = inputs.shape[0], sampling.max_new_tokens
+
+  def buffer(dtype, fill=0):
+    return jnp.full((rows, steps), fill, dtype)
+
+  state = DecodeState(
+      step=jnp.zeros((), jnp.int32), cache=cache, inputs=inputs.astype(jnp.int32),
+      keys=jax.random.wrap_key_data(key_data), limits=limits, done=limits <= 0,
+      stopped=jnp.zeros((rows,), bool), halted=jnp.zeros((rows,), bool),
+      lengths=jnp.zeros((rows,), jnp.int32),
+      tokens=buffer(jnp.int32, sampling.pad_id), logprobs=buffer(jnp.float32),
+      entropy=buffer(jnp.float32), top1=buffer(jnp.int32), top1_prob=buffer(jnp.float32),
+      top2=buffer(jnp.int32), top2_prob=buffer(jnp.float32), rule_carry=rule_carry)
+  return jax.lax.while_loop(
+      lambda s: (s.step < steps) & ~jnp.all(s.done),
+      functools.partial(_decode_step, config, sampling, rule, params), state)
+
+
+def _map_cache_rows(cache: dict, move) -> dict:
+  """`cache` with `move(buffer, batch_axis)` applied to every key/value buffer (stacked
+  `[L, B, ...]` or per-layer `[B, ...]`) through `move_as_bits`."""
+  def apply(x):  # The batch axis of a key/value buffer: 0 per layer, 1 when stacked.
+    return move_as_bits(lambda b: move(b, x.ndim - 4), x)
+  return {**cache, "k": jax.tree.map(apply, cache["k"]), "v": jax.tree.map(apply, cache["v"])}
+
+
+def _constrain_cache(cache: dict) -> dict:
+  return jax.tree.map(lambda x, spec: constrain(x, tuple(spec)), cache,
+                      models.cache_logical_axes(cache))
+
+
+def _compact(cache: dict, start, ends, fed) -> dict:
+  """Row r's `fed[r]` slots written from the shared `start` moved to `[ends[r], ends[r] +
+  fed[r])`, every later slot masked out: each row's tokens then fill `[0, ends + fed)` (with
+  masked holes only where they were before), the invariant `resume` relies on. A row's
+  meaningful slots are the first input it fed and every token it emitted before halting;
+  after it stopped the loop fed padding, which this masks. `ends [R]`, `fed [R]` int."""
+  slots = cache["mask"].shape[1]
+  offset = jnp.arange(slots)[None, :] - ends[:, None]  # [R, S]
+  new = offset >= 0
+  source = jnp.clip(jnp.where(new, start + offset, jnp.arange(slots)[None, :]), 0, slots - 1)
+
+  def move(buffer, batch_axis):  # Gather along the slot axis (-2), per row.
+    shape = [1] * buffer.ndim
+    shape[batch_axis], shape[-2] = source.shape
+    return jnp.take_along_axis(buffer, source.reshape(shape), axis=-2)
+
+  cache = _map_cache_rows(cache, move)
+  cache["mask"] = jnp.where(new, offset < fed[:, None], cache["mask"])
+  return _constrain_cache(cache)
+
+
+def _fed(state: DecodeState) -> jax.Array:
+  """`[R]` slots a row filled with meaningful tokens: its first input and every emitted
+  token but the last (a halted row fed that one too: its halt step read its logits)."""
+  return state.lengths + state.halted
+
+
+def _sample(config: ModelConfig, sampling: SamplingConfig, rule: TokenRule | None,
+            keep_cache: bool, params, input_ids, attention_mask, sources, prefix_lengths,
+            next_tokens, key_data, limits, rule_carry) -> dict:
   """Prefill the prompts `[M, T]`, then decode R rows (see module docstring); `params` in
-  either layout."""
+  either layout. With `keep_cache`, also the rows' compacted caches (room for N more steps)
+  and `ends` (`_compact`)."""
   prompts, length = input_ids.shape
-  rows, steps = sources.shape[0], sampling.max_new_tokens
+  steps = sampling.max_new_tokens
   # The prefill fills a cache of the prompts' T slots (so its attention reads no empty
-  # slots); the rows' caches then get the `steps` slots the decode loop writes. The
+  # slots); the rows' caches then get the slots the decode loop writes (twice as many to be
+  # resumable: a resumed row writes after every row's tokens, then is compacted). The
   # barrier keeps XLA from constant-folding attention over the empty cache (seconds of
   # compile time for nothing).
   cache = jax.lax.optimization_barrier(models.init_cache(
@@ -233,35 +331,44 @@ def _sample(config: ModelConfig, sampling: SamplingConfig, params, input_ids, at
   end = length - real + prefix_lengths
   forced = next_tokens >= 0
   keep = end - 1 + forced
-  slots = jnp.arange(length + steps)
+  grow = steps * (2 if keep_cache else 1)
+  slots = jnp.arange(length + grow)
 
-  def rows_of(x):  # `[(L,) M, K, T, Dh]` -> `[(L,) R, K, T + steps, Dh]`.
-    grow = [(0, 0)] * x.ndim
-    grow[-2] = (0, steps)
-    # The batch axis of a key/value buffer: 0 per layer, 1 when stacked `[L, B, ...]`.
-    return move_as_bits(lambda b: jnp.pad(jnp.take(b, sources, axis=x.ndim - 4), grow), x)
+  def rows_of(buffer, batch_axis):  # `[(L,) M, K, T, Dh]` -> `[(L,) R, K, T + grow, Dh]`.
+    pad = [(0, 0)] * buffer.ndim
+    pad[-2] = (0, grow)
+    return jnp.pad(jnp.take(buffer, sources, axis=batch_axis), pad)
 
-  row_cache = {"k": jax.tree.map(rows_of, cache["k"]), "v": jax.tree.map(rows_of, cache["v"]),
-               "mask": jnp.pad(jnp.take(cache["mask"], sources, axis=0), ((0, 0), (0, steps)))
-                       & (slots[None] < keep[:, None]),
-               "index": cache["index"]}
-  row_cache = jax.tree.map(lambda x, spec: constrain(x, tuple(spec)), row_cache,
-                           models.cache_logical_axes(row_cache))
-  inputs = jnp.where(forced, next_tokens, input_ids[sources, end - 1]).astype(jnp.int32)
+  row_cache = _map_cache_rows(cache, rows_of)
+  row_cache["mask"] = (jnp.pad(jnp.take(cache["mask"], sources, axis=0), ((0, 0), (0, grow)))
+                       & (slots[None] < keep[:, None]))
+  row_cache = _constrain_cache(row_cache)
+  inputs = jnp.where(forced, next_tokens, input_ids[sources, end - 1])
+  state = _decode(config, sampling, rule, params, row_cache, inputs, key_data, limits,
+                  rule_carry)
+  out = {name: getattr(state, name) for name in OUTPUT_NAMES}
+  if keep_cache:
+    ends = jnp.full(sources.shape, length, jnp.int32)
+    out["cache"] = _compact(state.cache, length, ends, _fed(state))
+    out["ends"] = ends + _fed(state)
+  return out
 
-  def buffer(dtype, fill=0):
-    return jnp.full((rows, steps), fill, dtype)
 
-  state = DecodeState(
-      step=jnp.zeros((), jnp.int32), cache=row_cache, inputs=inputs,
-      keys=jax.random.wrap_key_data(key_data), stopped=jnp.zeros((rows,), bool),
-      lengths=jnp.zeros((rows,), jnp.int32), tokens=buffer(jnp.int32, sampling.pad_id),
-      logprobs=buffer(jnp.float32), entropy=buffer(jnp.float32), top1=buffer(jnp.int32),
-      top1_prob=buffer(jnp.float32), top2=buffer(jnp.int32), top2_prob=buffer(jnp.float32))
-  state = jax.lax.while_loop(
-      lambda s: (s.step < steps) & ~jnp.all(s.stopped),
-      functools.partial(_decode_step, config, sampling, params), state)
-  return {name: getattr(state, name) for name in OUTPUT_NAMES}
+def _resume(config: ModelConfig, sampling: SamplingConfig, rule: TokenRule | None, params,
+            cache: dict, ends, sources, next_tokens, key_data, limits, rule_carry) -> dict:
+  """Continue rows `sources [R]` of a kept cache (any row any number of times: forks), each
+  first feeding `next_tokens [R]`; returns the outputs, the new rows' caches and `ends`."""
+  cache = _map_cache_rows(cache, lambda b, axis: jnp.take(b, sources, axis=axis))
+  cache["mask"] = jnp.take(cache["mask"], sources, axis=0)
+  ends = ends[sources]
+  start = jnp.max(ends)  # Every row writes from here: after all rows' tokens.
+  cache["index"] = start
+  state = _decode(config, sampling, rule, params, _constrain_cache(cache), next_tokens,
+                  key_data, limits, rule_carry)
+  out = {name: getattr(state, name) for name in OUTPUT_NAMES}
+  out["cache"] = _compact(state.cache, start, ends, _fed(state))
+  out["ends"] = ends + _fed(state)
+  return out
 
 
 @jax.jit
@@ -282,22 +389,51 @@ def _in_decode_layout(params: dict) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(config: ModelConfig, sampling: SamplingConfig, mesh, rules, prompts_sharded: bool,
-              param_shardings):
-  """The sampling program; on a mesh, `param_shardings` (`(treedef, leaves)`, hashable) are
-  those the parameters have, in whichever layout."""
-  fn = functools.partial(_sample, config, sampling)
+def _compiled(config: ModelConfig, sampling: SamplingConfig, rule: TokenRule | None,
+              keep_cache: bool, resume: bool, mesh, rules, prompts_sharded: bool,
+              shardings):
+  """The sampling (`resume=False`) or resuming program. On a mesh, `shardings` holds, as
+  hashable `(treedef, leaves)` pairs, those of the parameters (in whichever layout), of the
+  rule's carry, and of the caches read and written; rows are split over the batch axes."""
+  if resume:
+    fn = functools.partial(_resume, config, sampling, rule)
+  else:
+    fn = functools.partial(_sample, config, sampling, rule, keep_cache)
   if mesh is None:
     return jax.jit(fn)
+  params, carry, cache_in, cache_out = (None if x is None else jax.tree.unflatten(*x)
+                                        for x in shardings)
   rows = parallel.batch_sharding(mesh, 1, rules)
-  prompts = parallel.batch_sharding(mesh, 2, rules) if prompts_sharded else parallel.replicated(
-      mesh)
-  row_outputs = {name: parallel.batch_sharding(mesh, 1 if name in ("lengths", "stopped") else 2,
-                                               rules) for name in OUTPUT_NAMES}
-  return parallel.sharded_jit(
-      fn, mesh, in_shardings=(jax.tree.unflatten(*param_shardings), prompts, prompts, rows, rows,
-                              rows, parallel.batch_sharding(mesh, 2, rules)),
-      out_shardings=row_outputs, rules=rules)
+  keys = parallel.batch_sharding(mesh, 2, rules)
+  outputs = {name: parallel.batch_sharding(mesh, 1 if name in ("lengths", "stopped", "halted")
+                                           else 2, rules) for name in OUTPUT_NAMES}
+  if cache_out is not None:
+    outputs.update(cache=cache_out, ends=rows)
+  if resume:
+    in_shardings = (params, cache_in, rows, rows, rows, keys, rows, carry)
+  else:
+    prompts = parallel.batch_sharding(mesh, 2, rules) if prompts_sharded else (
+        parallel.replicated(mesh))
+    in_shardings = (params, prompts, prompts, rows, rows, rows, keys, rows, carry)
+  return parallel.sharded_jit(fn, mesh, in_shardings=in_shardings, out_shardings=outputs,
+                              rules=rules)
+
+
+def _hashable(tree) -> tuple:
+  leaves, treedef = jax.tree.flatten(tree)
+  return treedef, tuple(leaves)
+
+
+def _cache_shardings(config: ModelConfig, unrolled: bool, rows: int, slots: int, mesh,
+                     rules) -> tuple:
+  """Hashable shardings of a KV cache of `rows` x `slots` (per-layer buffers if `unrolled`)."""
+  layer = jax.ShapeDtypeStruct((rows, config.num_kv_heads, slots, config.head_dim),
+                               config.compute_dtype)
+  kv = (tuple([layer] * config.num_layers) if unrolled
+        else jax.ShapeDtypeStruct((config.num_layers,) + layer.shape, layer.dtype))
+  abstract = {"k": kv, "v": kv, "mask": jax.ShapeDtypeStruct((rows, slots), bool),
+              "index": jax.ShapeDtypeStruct((), jnp.int32)}
+  return _hashable(parallel.cache_shardings(abstract, mesh, rules))
 
 
 # ----------------------------------------------------------------------------- public API
@@ -325,11 +461,89 @@ def _pad_rows(arrays: list[np.ndarray], multiple: int) -> tuple[list[np.ndarray]
   return [np.concatenate([a, np.repeat(a[:1], extra, axis=0)]) for a in arrays], rows
 
 
+def _pad_row_state(limits: np.ndarray, rule_carry, rows: int):
+  """Limits and rule carry padded to `rows` (as `_pad_rows` pads the rest): padded rows
+  emit nothing (limit 0)."""
+  extra = rows - len(limits)
+  pad = lambda x: np.concatenate([x, np.repeat(x[:1], extra, axis=0)])
+  return np.pad(limits, (0, extra)), jax.tree.map(pad, rule_carry)
+
+
+def _carry_shardings(rule_carry, mesh, rules) -> tuple:
+  return _hashable(jax.tree.map(lambda x: parallel.batch_sharding(mesh, x.ndim, rules),
+                                rule_carry))
+
+
+@dataclasses.dataclass
+class RowCache:
+  """The rows' KV caches after a call with `keep_cache=True`, to `resume` any of them.
+
+  cache: the KV-cache pytree (on device; the decode layout's per-layer buffers when the
+    call used it), one row per output row (plus any rows padded for a mesh).
+  ends: `[rows]` int, slots holding each row's tokens: every row's tokens lie in
+    `[0, ends[r])` (masked holes included) and its slots after that are free.
+  steps: `max_new_tokens` of the call that made it; a resume may decode as many again
+    (the cache has that room after every row's tokens).
+  """
+
+  cache: dict
+  ends: np.ndarray
+  steps: int
+
+
+def _sampling_config(max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id):
+  return SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                        top_p=top_p, stop_tokens=tuple(stop_tokens), pad_id=pad_id)
+
+
+def prepare_params(config: ModelConfig, params, *, decode_layout: bool | None = None,
+                   mesh=None, rules=parallel.LOGICAL_AXIS_RULES):
+  """`params` as every sampling call would run them: placed on `mesh` and converted to the
+  decode layout when `decode_layout` says so (None: on CPU). Call once before many calls
+  with the same weights (tree rounds, rollouts between updates)."""
+  return _prepare_params(config, params, decode_layout, mesh, rules)[0]
+
+
+def _prepare_params(config, params, decode_layout, mesh, rules):
+  """(params in the layout to run, their shardings as a hashable or None)."""
+  converted = _in_decode_layout(params)
+  if converted and decode_layout is False:
+    raise ValueError("decode_layout=False, but params are already in the decode layout")
+  if decode_layout is None:
+    device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
+    decode_layout = device.platform == "cpu"
+  if mesh is not None and not converted:
+    params = jax.device_put(params, parallel.param_shardings(config, mesh, rules))
+  if decode_layout and not converted:
+    params = decode_params(params)
+  if mesh is None:
+    return params, None
+  return params, _hashable(jax.tree.map(lambda x: x.sharding, params))
+
+
+def _row_arrays(rows: int, max_new_tokens: int, limits, rule_carry):
+  """`[rows]` int32 limits (default `max_new_tokens`) and the rule carry as arrays, checked."""
+  limits = np.full(rows, max_new_tokens, np.int32) if limits is None else np.asarray(
+      limits, np.int32).reshape(-1)
+  if limits.shape != (rows,):
+    raise ValueError(f"limits must be [rows] = [{rows}], got shape {limits.shape}")
+  if np.any(limits > max_new_tokens):
+    raise ValueError(f"limits must be <= max_new_tokens={max_new_tokens}")
+  rule_carry = jax.tree.map(np.asarray, () if rule_carry is None else rule_carry)
+  for leaf in jax.tree.leaves(rule_carry):
+    if leaf.shape[:1] != (rows,):
+      raise ValueError(f"every rule_carry leaf must be [rows, ...] = [{rows}, ...], got shape "
+                       f"{leaf.shape}")
+  return limits, rule_carry
+
+
 def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=None, *,
                       sources, prefix_lengths, max_new_tokens: int, next_tokens=None,
                       temperature: float = 0.0, top_k: int | None = None,
                       top_p: float | None = None, stop_tokens=(), pad_id: int = 0, rng=None,
-                      length_bucket: int = 32, decode_layout: bool | None = None, mesh=None,
+                      limits=None, rule: TokenRule | None = None, rule_carry=None,
+                      keep_cache: bool = False, length_bucket: int = 32,
+                      decode_layout: bool | None = None, mesh=None,
                       rules=parallel.LOGICAL_AXIS_RULES) -> dict:
   """Continue R prefixes of M left-padded prompts, all in one batch.
 
@@ -344,6 +558,10 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
     next_tokens: `[R]` int, a token appended to each prefix before sampling (-1: none).
     rng: one PRNG key, or `[R]` keys (one per row; see module docstring); typed or raw
       (uint32) threefry keys. Default `jax.random.key(0)`.
+    limits: `[R]` int, the most tokens each row emits (default `max_new_tokens`).
+    rule, rule_carry: a `TokenRule` run at every step, and its initial per-row state
+      (a pytree of `[R, ...]` arrays).
+    keep_cache: also return `row_cache`, a `RowCache` of the rows' caches to `resume`.
     length_bucket: T is left-padded up to a multiple of this, so that prompts of nearby
       lengths reuse one compiled program.
     decode_layout: convert stacked parameters to the decode layout first (module
@@ -352,17 +570,10 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
       `params` should be placed with `parallel.param_shardings`.
   Returns:
     dict of `[R, N]` arrays `tokens`, `logprobs`, `entropy`, `top1`, `top1_prob`, `top2`,
-    `top2_prob`, and `[R]` `lengths`, `stopped` (see module docstring).
+    `top2_prob`, and `[R]` `lengths`, `stopped`, `halted` (see module docstring); with
+    `keep_cache`, `row_cache`.
   """
-  sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
-                            top_k=top_k, top_p=top_p, stop_tokens=tuple(stop_tokens),
-                            pad_id=pad_id)
-  converted = _in_decode_layout(params)
-  if converted and decode_layout is False:
-    raise ValueError("decode_layout=False, but params are already in the decode layout")
-  if decode_layout is None:
-    device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
-    decode_layout = device.platform == "cpu"
+  sampling = _sampling_config(max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id)
   input_ids = np.asarray(input_ids, np.int32)
   if input_ids.ndim != 2:
     raise ValueError(f"input_ids must be [prompts, length], got shape {input_ids.shape}")
@@ -397,24 +608,85 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
   pad = ((0, 0), (total - input_ids.shape[1], 0))
   input_ids, mask = np.pad(input_ids, pad), np.pad(mask, pad)
   keys = _row_keys(rng, rows)
+  limits, rule_carry = _row_arrays(rows, max_new_tokens, limits, rule_carry)
 
-  prompts_sharded = False
+  params, param_shardings = _prepare_params(config, params, decode_layout, mesh, rules)
+  prompts_sharded, shardings = False, None
   if mesh is not None:
     parallelism = parallel.batch_parallelism(mesh, rules)
     prompts_sharded = input_ids.shape[0] % parallelism == 0
-    (sources, prefix_lengths, next_tokens, keys), rows = _pad_rows(
+    (sources, prefix_lengths, next_tokens, keys), _ = _pad_rows(
         [sources, prefix_lengths, next_tokens, keys], parallelism)
-    if not converted:
-      params = jax.device_put(params, parallel.param_shardings(config, mesh, rules))
-  if decode_layout and not converted:
-    params = decode_params(params)
+    limits, rule_carry = _pad_row_state(limits, rule_carry, len(sources))
+    cache_out = _cache_shardings(config, "layers" not in params, len(sources),
+                                 total + 2 * max_new_tokens, mesh, rules) if keep_cache else None
+    shardings = (param_shardings, _carry_shardings(rule_carry, mesh, rules), None, cache_out)
+  run = _compiled(config, sampling, rule, keep_cache, False, mesh, tuple(rules),
+                  prompts_sharded, shardings)
+  out = run(params, input_ids, mask, sources, prefix_lengths, next_tokens, keys, limits,
+            rule_carry)
+  return _finish(out, rows, sampling)
+
+
+def _finish(out: dict, rows: int, sampling: SamplingConfig) -> dict:
+  """The real rows' outputs, and the `RowCache` (all rows, padded ones included)."""
+  result = {name: out[name][:rows] for name in OUTPUT_NAMES}
+  if "cache" in out:
+    result["row_cache"] = RowCache(out["cache"], np.asarray(out["ends"]),
+                                   sampling.max_new_tokens)
+  return result
+
+
+def resume(config: ModelConfig, params, row_cache: RowCache, *, sources, next_tokens,
+           max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+           top_p: float | None = None, stop_tokens=(), pad_id: int = 0, rng=None,
+           limits=None, rule: TokenRule | None = None, rule_carry=None,
+           decode_layout: bool | None = None, mesh=None,
+           rules=parallel.LOGICAL_AXIS_RULES) -> dict:
+  """Continue rows of a `RowCache` where they stopped, without recomputing their caches.
+
+  Row r of the result continues row `sources[r]` of `row_cache` (a row may be continued by
+  several result rows: it forks), first feeding `next_tokens[r]`: the token the row takes
+  at the position where it halted (a `TokenRule` halt records the distribution there and
+  emits nothing). Each result row copies its source's cache; nothing is prefilled again.
+  Returns what `continue_prefixes(..., keep_cache=True)` returns, so a result can be
+  resumed in turn. `params` must be in the layout that made the cache (pass the same
+  `decode_params` conversion, or the same `decode_layout` setting). Other arguments as
+  `continue_prefixes`; `max_new_tokens` is at most `row_cache.steps`.
+  """
+  sampling = _sampling_config(max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id)
+  if max_new_tokens > row_cache.steps:
+    raise ValueError(f"max_new_tokens={max_new_tokens} exceeds the room the cache was made "
+                     f"with (steps={row_cache.steps})")
+  sources = np.asarray(sources, np.int32).reshape(-1)
+  next_tokens = np.asarray(next_tokens, np.int32).reshape(-1)
+  rows = sources.shape[0]
+  if next_tokens.shape != (rows,):
+    raise ValueError(f"next_tokens {next_tokens.shape} must be [rows] like sources {(rows,)}")
+  if np.any((sources < 0) | (sources >= len(row_cache.ends))):
+    raise ValueError(f"sources must index the {len(row_cache.ends)} rows of the cache")
+  if np.any((next_tokens < 0) | (next_tokens >= config.vocab_size)):
+    raise ValueError(f"next_tokens must be token ids in [0, vocab_size={config.vocab_size})")
+  keys = _row_keys(rng, rows)
+  limits, rule_carry = _row_arrays(rows, max_new_tokens, limits, rule_carry)
+  params, param_shardings = _prepare_params(config, params, decode_layout, mesh, rules)
+  unrolled = "layers" not in params
+  if unrolled != isinstance(row_cache.cache["k"], (tuple, list)):
+    raise ValueError("params and row_cache are in different layouts: resume with the params "
+                     "layout (decode_layout) that made the cache")
   shardings = None
   if mesh is not None:
-    leaves, treedef = jax.tree.flatten(jax.tree.map(lambda x: x.sharding, params))
-    shardings = (treedef, tuple(leaves))
-  run = _compiled(config, sampling, mesh, tuple(rules), prompts_sharded, shardings)
-  out = run(params, input_ids, mask, sources, prefix_lengths, next_tokens, keys)
-  return {name: value[:rows] for name, value in out.items()}
+    parallelism = parallel.batch_parallelism(mesh, rules)
+    (sources, next_tokens, keys), _ = _pad_rows([sources, next_tokens, keys], parallelism)
+    limits, rule_carry = _pad_row_state(limits, rule_carry, len(sources))
+    slots = row_cache.cache["mask"].shape[1]
+    shardings = (param_shardings, _carry_shardings(rule_carry, mesh, rules),
+                 _hashable(jax.tree.map(lambda x: x.sharding, row_cache.cache)),
+                 _cache_shardings(config, unrolled, len(sources), slots, mesh, rules))
+  run = _compiled(config, sampling, rule, True, True, mesh, tuple(rules), False, shardings)
+  out = run(params, row_cache.cache, row_cache.ends.astype(np.int32), sources, next_tokens,
+            keys, limits, rule_carry)
+  return _finish(out, rows, sampling)
 
 
 def generate(config: ModelConfig, params, input_ids, attention_mask=None, *,

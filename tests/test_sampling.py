@@ -1,5 +1,6 @@
 """The KV-cache sampler: greedy, seeded sampling, stop tokens, shared prefixes, statistics."""
 
+import dataclasses
 import functools
 
 import jax
@@ -257,3 +258,89 @@ def test_bad_prefixes_are_named(model, prompts):
   with pytest.raises(ValueError, match="row 1: prefix_lengths=6 but prompt 1 has 5 real tokens"):
     _continue(config, params, ids, mask, sources=[0, 1], prefix_lengths=[2, 6],
                                max_new_tokens=2)
+
+
+@dataclasses.dataclass(frozen=True)
+class _HaltAt:
+  """A `TokenRule` that halts each row at the path position its carry names."""
+
+  def __call__(self, tokens, stats, carry):
+    halt = carry["position"] == carry["halt_at"]
+    return tokens, halt, {**carry, "position": carry["position"] + 1}
+
+
+def _halt_carry(positions, halt_at):
+  return {"position": np.asarray(positions, np.int32), "halt_at": np.asarray(halt_at, np.int32)}
+
+
+@pytest.mark.parametrize("mesh_shape", [None, (2, 2, 2)])
+def test_halted_rows_resume_and_fork_without_recomputing(model, prompts, mesh_shape):
+  config, params = model
+  ids, mask = prompts
+  n = 12
+  mesh = None if mesh_shape is None else parallel.make_mesh(*mesh_shape)
+  if mesh is not None:
+    params = jax.device_put(params, parallel.param_shardings(config, mesh))
+  full = _generate(config, params, ids, mask, max_new_tokens=n)["tokens"]
+  # Round 0 halts rows 0-2 at positions 3, 0 and 7; row 3 never halts.
+  first = sampling.continue_prefixes(
+      config, params, ids, mask, sources=np.arange(4), prefix_lengths=mask.sum(-1),
+      max_new_tokens=n, rule=_HaltAt(), rule_carry=_halt_carry([0] * 4, [3, 0, 7, 99]),
+      keep_cache=True, mesh=mesh)
+  lengths, halted = np.asarray(first["lengths"]), np.asarray(first["halted"])
+  np.testing.assert_array_equal(lengths, [3, 0, 7, n])
+  np.testing.assert_array_equal(halted, [True, True, True, False])
+  assert not np.asarray(first["stopped"]).any()
+  tokens = np.asarray(first["tokens"])
+  for r in range(3):  # The halt step records the token the row would have taken.
+    assert tokens[r, lengths[r]] == full[r, lengths[r]]
+  # Round 1: rows 0-2 go on with their own token; row 0 also forks into token 5; row 1
+  # halts again at position 5.
+  sources = np.array([0, 1, 2, 0])
+  forced = np.array([full[0, 3], full[1, 0], full[2, 7], 5])
+  start = lengths[sources] + 1
+  second = sampling.resume(
+      config, params, first["row_cache"], sources=sources, next_tokens=forced,
+      max_new_tokens=n, limits=n - start, rule=_HaltAt(),
+      rule_carry=_halt_carry(start, [99, 5, 99, 99]), mesh=mesh)
+  out = jax.tree.map(np.asarray, {k: v for k, v in second.items() if k != "row_cache"})
+  for r in range(3):
+    path = list(tokens[r, :lengths[r]]) + [forced[r]] + list(out["tokens"][r, :out["lengths"][r]])
+    assert path == list(full[r, :len(path)])
+  assert out["halted"][1] and out["lengths"][1] == 4
+  # The fork equals decoding the forked prefix from scratch.
+  prefix = _row(ids, mask, 0) + list(tokens[0, :3]) + [5]
+  fresh = _generate(config, params, np.array([prefix]), max_new_tokens=n - 4)["tokens"][0]
+  np.testing.assert_array_equal(out["tokens"][3, :n - 4], fresh)
+  # Round 2: row 1 again (its cache now holds three rounds of tokens).
+  third = sampling.resume(config, params, second["row_cache"], sources=[1],
+                          next_tokens=[out["tokens"][1, 4]], max_new_tokens=n,
+                          limits=[n - 6], mesh=mesh)
+  path = (list(tokens[1, :0]) + [forced[1]] + list(out["tokens"][1, :5])
+          + list(np.asarray(third["tokens"])[0, :n - 6]))
+  assert path == list(full[1])
+
+
+def test_limits_cut_rows_and_resume_is_checked(model, prompts):
+  config, params = model
+  ids, mask = prompts
+  out = _generate(config, params, ids, mask, max_new_tokens=STEPS)
+  limited = _continue(config, params, ids, mask, sources=np.arange(4), prefix_lengths=mask.sum(-1),
+                      max_new_tokens=STEPS, limits=[2, 0, STEPS, 5])
+  np.testing.assert_array_equal(limited["lengths"], [2, 0, STEPS, 5])
+  for r, limit in enumerate([2, 0, STEPS, 5]):
+    np.testing.assert_array_equal(limited["tokens"][r, :limit], out["tokens"][r, :limit])
+  with pytest.raises(ValueError, match="limits must be <= max_new_tokens=6"):
+    _continue(config, params, ids, mask, sources=[0], prefix_lengths=[9], max_new_tokens=STEPS,
+              limits=[7])
+  kept = sampling.continue_prefixes(config, params, ids, mask, sources=[0], prefix_lengths=[9],
+                                    max_new_tokens=STEPS, keep_cache=True)
+  with pytest.raises(ValueError, match="exceeds the room the cache was made with"):
+    sampling.resume(config, params, kept["row_cache"], sources=[0], next_tokens=[3],
+                    max_new_tokens=STEPS + 1)
+  with pytest.raises(ValueError, match="sources must index the 1 rows"):
+    sampling.resume(config, params, kept["row_cache"], sources=[1], next_tokens=[3],
+                    max_new_tokens=STEPS)
+  with pytest.raises(ValueError, match="different layouts"):
+    sampling.resume(config, params, kept["row_cache"], sources=[0], next_tokens=[3],
+                    max_new_tokens=STEPS, decode_layout=False)
