@@ -13,32 +13,18 @@ than the seed-to-seed spread (of either method).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
-import subprocess
-import sys
 
 import numpy as np
 
 from prm_jax import files
+from seed_sweep import sweep
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("majority", "prm_vote", "prm_min", "prm_prod", "prm_last", "prm_mean", "orm",
            "oracle", "random")
 SCALARS = ("processbench_f1", "mc_oracle_agreement", "policy_accuracy", "labeling_tokens",
            "labeling_rollouts", "wall_seconds")
-
-
-def run_seed(seed: int, workdir: str, overrides: list[str]) -> dict:
-  folder = os.path.join(workdir, f"seed_{seed}")
-  if not os.path.exists(os.path.join(folder, "results.json")):
-    subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "--config",
-                    os.path.join(ROOT, "experiments", "quickstart.py"), "--workdir", folder,
-                    f"--config.seed={seed}", *overrides], check=True)
-  with open(os.path.join(folder, "results.json"), encoding="utf-8") as f:
-    return json.load(f)
 
 
 def beats(results: list[dict], n: str, winner: str, loser: str) -> tuple[float, float, bool]:
@@ -77,11 +63,7 @@ def summary(seeds: list[int], results: list[dict]) -> str:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  parser.add_argument("--workdir", default="runs/quickstart_seeds")
-  args, overrides = parser.parse_known_args()  # The rest: --config.x=y for every run.
-  results = [run_seed(seed, args.workdir, overrides) for seed in args.seeds]
+  args, results = sweep(__doc__, "quickstart.py", "runs/quickstart_seeds")
   text = summary(args.seeds, results)
   files.write_text(os.path.join(args.workdir, "summary.md"), text)
   print(text)

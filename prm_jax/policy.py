@@ -22,11 +22,12 @@ from prm_jax.models import ModelConfig
 @dataclasses.dataclass
 class Solutions:
   """`texts[p][s]`: sample s of problem p, decoded up to (not including) EOS;
-  `finished[p][s]`: it ended with EOS within the token budget; `generated_tokens`: all
-  tokens sampled (EOS included)."""
+  `finished[p][s]`: it ended with EOS within the token budget; `lengths[p][s]`: its tokens
+  (EOS included); `generated_tokens`: all tokens sampled."""
 
   texts: list[list[str]]
   finished: list[list[bool]]
+  lengths: list[list[int]]
   generated_tokens: int
 
 
@@ -47,7 +48,7 @@ def sample_solutions(config: ModelConfig, params, tokenizer: Tokenizer,
   prompts = [prompt_ids(tokenizer, problem) for problem in problems]
   length = max((len(p) for p in prompts), default=1)
   pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
-  texts, finished, generated = [], [], 0
+  texts, finished, sample_lengths, generated = [], [], [], 0
   for start in range(0, len(prompts), prompts_per_batch):
     chunk = list(range(start, min(start + prompts_per_batch, len(prompts))))
     members = chunk + [chunk[0]] * (prompts_per_batch - len(chunk))  # Fixed shape.
@@ -70,7 +71,8 @@ def sample_solutions(config: ModelConfig, params, tokenizer: Tokenizer,
       texts.append([tokenizer.decode([int(t) for t in tokens[r, :lengths[r]]
                                       if t != tokenizer.eos_id]) for r in rows])
       finished.append([bool(stopped[r]) for r in rows])
+      sample_lengths.append([int(lengths[r]) for r in rows])
       generated += int(lengths[list(rows)].sum())
     if progress is not None:
       progress(chunk[-1] + 1, len(prompts))
-  return Solutions(texts, finished, generated)
+  return Solutions(texts, finished, sample_lengths, generated)

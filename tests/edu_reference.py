@@ -87,15 +87,13 @@ def reference_tree(config, params, prompt, *, tau, max_leaves, max_anchors, min_
         if top1 == eos:
           path.finished = True
           break
-    if prm is not None:  # P-EDU: children whose first segment just ended.
+    if prm is not None:  # P-EDU: children whose first segment just ended at a candidate.
       for path in active:
-        if not path.fresh:
-          continue
+        if path.fresh and path.halt is not None:
+          score = prm_score(prm, prompt + path.tokens)
+          path.pruned = score < prune_threshold
+          checks.append((list(path.tokens), score, path.pruned))
         path.fresh = False
-        prefix = path.tokens[:-1] if path.finished else path.tokens
-        score = prm_score(prm, prompt + prefix)
-        path.pruned = score < prune_threshold
-        checks.append((list(prefix), score, path.pruned))
     halted = [p for p in active if p.halt is not None and not p.pruned]
     if order == "entropy":
       halted.sort(key=lambda p: (-p.halt[1], p.halt[0], p.pid))

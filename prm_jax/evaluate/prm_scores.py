@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -28,11 +29,7 @@ def score_steps(config: models.ModelConfig, params, tokenizer: Tokenizer,
   mesh = parallel.make_mesh(devices=jax.devices()[:1]) if mesh is None else mesh
   rows = -(-batch_size // parallel.batch_parallelism(mesh)) * parallel.batch_parallelism(mesh)
   shardings = parallel.param_shardings(config, mesh)
-  forward = parallel.sharded_jit(
-      lambda p, b: models.forward(config, p, b["input_ids"], attention_mask=b["attention_mask"],
-                                  step_positions=b["step_positions"],
-                                  lm_logits="none")["step_scores"],
-      mesh, in_shardings=(shardings, None), out_shardings=parallel.replicated(mesh))
+  forward = _forward(config, mesh)
   params = jax.device_put(params, shardings)
   examples = [tokenize_stepwise(tokenizer, t, step_separator=step_separator)
               for t in trajectories]
@@ -48,3 +45,14 @@ def score_steps(config: models.ModelConfig, params, tokenizer: Tokenizer,
     step_scores = np.asarray(forward(params, batch))
     scores += [step_scores[i, :len(e["step_ends"])] for i, e in enumerate(chunk)]
   return scores
+
+
+@functools.lru_cache(maxsize=16)
+def _forward(config: models.ModelConfig, mesh):
+  """The jitted scoring step (built once per model and mesh: pipelines score many sets)."""
+  return parallel.sharded_jit(
+      lambda p, b: models.forward(config, p, b["input_ids"], attention_mask=b["attention_mask"],
+                                  step_positions=b["step_positions"],
+                                  lm_logits="none")["step_scores"],
+      mesh, in_shardings=(parallel.param_shardings(config, mesh), None),
+      out_shardings=parallel.replicated(mesh))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from prm_jax import files
 
 METHOD_NAMES = {
@@ -39,10 +41,7 @@ def markdown(results: dict) -> str:
 
 def plot(results: dict, path: str) -> None:
   """Accuracy vs N (log2 axis), one line per method, saved as a PNG."""
-  import matplotlib
-  matplotlib.use("Agg")  # No display needed.
-  import matplotlib.pyplot as plt
-
+  plt = _pyplot()
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for method, by_n in results["bon"].items():
     ns = [int(n) for n in by_n]
@@ -50,17 +49,79 @@ def plot(results: dict, path: str) -> None:
     ax.plot(ns, list(by_n.values()), style, marker="o", label=METHOD_NAMES.get(method, method))
   ax.set_xscale("log", base=2)
   ax.set_xticks(ns, [str(n) for n in ns])
-  ax.set_xlabel("N (solutions sampled per problem)")
-  ax.set_ylabel("accuracy")
-  ax.set_title("Best-of-N on held-out problems")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8, loc="best")
-  fig.tight_layout()
-  files.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-  plt.close(fig)
+  _finish(fig, ax, path, "N (solutions sampled per problem)", "accuracy",
+          "Best-of-N on held-out problems")
 
 
 def write_report(results: dict, workdir: str) -> None:
   """`results.md` and `bon_curve.png` in `workdir`."""
   files.write_text(os.path.join(workdir, "results.md"), markdown(results))
   plot(results, os.path.join(workdir, "bon_curve.png"))
+
+
+FAMILY_NAMES = {"mc": "uniform Monte Carlo", "edu": "EDU trees", "p_edu": "P-EDU trees"}
+
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use("Agg")  # No display needed.
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def _finish(fig, ax, path: str, xlabel: str, ylabel: str, title: str) -> None:
+  """Label, grid and legend the axes; write the figure to `path` (PNG, atomically)."""
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, loc="best")
+  fig.tight_layout()
+  files.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+  _pyplot().close(fig)
+
+
+def plot_labeling_curves(runs: list[dict], path: str, method: str = "prm_vote") -> None:
+  """Best-of-N accuracy (`method`, largest N) of each labeling budget's PRM against its
+  labeling tokens, one curve per label family; with several runs (seeds) the mean, and the
+  min-max spread as a band. `runs`: `edu_prm` results."""
+  plt = _pyplot()
+  first = runs[0]["methods"]
+  n = str(max(int(k) for k in next(iter(first.values()))["bon"][method]))
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for family in ("mc", "edu", "p_edu"):
+    names = sorted((k for k, m in first.items() if m["family"] == family),
+                   key=lambda k: np.mean([r["methods"][k]["labeling_tokens"] for r in runs]))
+    if not names:
+      continue
+    tokens = np.array([np.mean([r["methods"][k]["labeling_tokens"] for r in runs]) for k in names])
+    accuracy = np.array([[r["methods"][k]["bon"][method][n] for r in runs] for k in names])
+    line, = ax.plot(tokens, accuracy.mean(1), marker="o", label=FAMILY_NAMES[family])
+    if len(runs) > 1:
+      ax.fill_between(tokens, accuracy.min(1), accuracy.max(1), alpha=0.2, color=line.get_color())
+  for reference, style in (("majority", ":"), ("oracle", "--")):
+    value = np.mean([next(iter(r["methods"].values()))["bon"][reference][n] for r in runs])
+    ax.axhline(value, linestyle=style, color="gray", label=METHOD_NAMES[reference])
+  ax.set_xscale("log")
+  _finish(fig, ax, path, "labeling tokens generated",
+          f"Best-of-{n} accuracy ({METHOD_NAMES[method]})",
+          f"PRM quality vs labeling cost ({len(runs)} seed{'s' * (len(runs) > 1)})")
+
+
+def plot_test_time(runs: list[dict], path: str, method: str = "prm_vote") -> None:
+  """Accuracy (`method`) against generated tokens per problem: high-temperature sampling
+  at every N, EDU tree sampling at each leaf budget (mean over runs)."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  ht = runs[0]["test_time"]["ht"]
+  ns = sorted(ht["tokens"], key=int)
+  ax.plot([np.mean([r["test_time"]["ht"]["tokens"][n] for r in runs]) for n in ns],
+          [np.mean([r["test_time"]["ht"]["bon"][method][n] for r in runs]) for n in ns],
+          marker="o", label="high-temperature samples, N = " + ", ".join(ns))
+  for tau, by_n in runs[0]["test_time"]["edu"].items():
+    xs = [np.mean([r["test_time"]["edu"][tau][n]["tokens"] for r in runs]) for n in by_n]
+    ys = [np.mean([r["test_time"]["edu"][tau][n]["bon"][method] for r in runs]) for n in by_n]
+    ax.plot(xs, ys, marker="s", label=f"EDU trees, tau={tau}, leaves <= " + ", ".join(by_n))
+  ax.set_xscale("log")
+  _finish(fig, ax, path, "generated tokens per problem", f"accuracy ({METHOD_NAMES[method]})",
+          "Test-time sampling at equal compute")

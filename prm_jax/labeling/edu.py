@@ -12,8 +12,8 @@ by Monte Carlo over the leaves below them (`segment_labels`).
 
 Expansion order, by rounds. Round 0 decodes each query's root path until its first
 candidate (or its end); every round then (1) for P-EDU, prunes children whose first
-segment just ended with a PRM score below `prune_threshold` (their subtrees are never
-generated, and their leaf goes back to the budget), (2) expands the query's candidates in
+segment just ended at a candidate with a PRM score below `prune_threshold` (their
+continuation and subtree are never generated, and their leaf goes back to the budget), (2) expands the query's candidates in
 the order `order` -- "entropy": highest entropy first (ties: earlier position, then
 earlier path), or "position": earliest first (ties: higher entropy) -- while the query has
 fewer than `max_leaves` leaves, and (3) decodes every continuation to its next candidate.
@@ -27,7 +27,8 @@ count of a tree is the number of distinct tree nodes generated (emitted tokens p
 forced token of every continuation; pruned branches included).
 
     rule = AnchorRule(tau=1.0, min_gap=4, max_anchors=6, excluded=excluded_token_ids(tok))
-    trees = build_trees(config, params, tok, problems, EduConfig(...), rng=key)
+    trees = build_trees(config, params, tok, [prompt_ids(tok, p) for p in problems],
+                        EduConfig(...), rng=key)
     labels = segment_labels(trees[0].leaves, correct)       # soft label per leaf, per segment
 """
 
@@ -44,7 +45,6 @@ import numpy as np
 
 from prm_jax import models, sampling
 from prm_jax.data.schema import Trajectory
-from prm_jax.data.tokenize import prompt_ids
 from prm_jax.data.tokenizer import Tokenizer
 
 ORDERS = ("entropy", "position")
@@ -233,10 +233,11 @@ def _prm_scores(prm, prompts: Sequence[list[int]], prefixes: Sequence[list[int]]
 
 
 def build_trees(config: models.ModelConfig, params, tokenizer: Tokenizer,
-                problems: Sequence[str], edu: EduConfig, *, rng: jax.Array,
+                prompts: Sequence[Sequence[int]], edu: EduConfig, *, rng: jax.Array,
                 excluded: Sequence[int] | None = None, prm=None, queries_per_batch: int = 32,
                 mesh=None, progress: Callable[[int, int], None] | None = None) -> list[Tree]:
-  """One EDU tree per problem (prompt = `prompt_ids(tokenizer, problem)`).
+  """One EDU tree per prompt (token ids, e.g. `prompt_ids(tokenizer, problem)` or a chat
+  template's rendering).
 
   Args:
     config, params: the policy (stacked or `sampling.decode_params` layout).
@@ -268,7 +269,9 @@ def build_trees(config: models.ModelConfig, params, tokenizer: Tokenizer,
   if not jax.dtypes.issubdtype(jnp.asarray(rng).dtype, jax.dtypes.prng_key):
     rng = jax.random.wrap_key_data(np.asarray(rng, np.uint32))
   params = sampling.prepare_params(config, params, mesh=mesh)  # Once for every round.
-  prompts = [prompt_ids(tokenizer, p) for p in problems]
+  prompts = [[int(t) for t in p] for p in prompts]
+  if not all(prompts):
+    raise ValueError("every prompt needs at least one token")
   trees = []
   for start in range(0, len(prompts), queries_per_batch):
     batch = list(range(start, min(start + queries_per_batch, len(prompts))))
@@ -381,25 +384,25 @@ def _read_round(out: dict, active: Sequence[_Path], stats: dict) -> None:
 
 def _prune(prm, prompts, active: Sequence[_Path], threshold: float, stats: dict,
            length: int) -> None:
-  """P-EDU: score every child whose first segment just ended (at its first candidate, or
-  its end) at the segment's last token (a final stop token aside); prune those below
-  `threshold`."""
+  """P-EDU: score every child whose first segment just ended at a candidate, at the
+  segment's last token, and prune those below `threshold`: their continuation and subtree
+  are never generated. A child whose first segment reached its end is a finished leaf
+  with a known outcome: nothing is left to save, so it is kept (and not scored)."""
+  for path in active:
+    if path.fresh and path.halt is None:
+      path.fresh = False
   fresh = [p for p in active if p.fresh]
   if not fresh:
     return
-  prefixes = []
-  for path in fresh:
-    end = len(path.tokens)
-    if path.finished and end > 0:
-      end -= 1  # The stop token is not part of the segment's text.
-    prefixes.append(path.tokens[:max(end, 1)])
-  scores = _prm_scores(prm, [prompts[p.query] for p in fresh], prefixes, length)
-  for path, prefix, score in zip(fresh, prefixes, scores):
+  scores = _prm_scores(prm, [prompts[p.query] for p in fresh], [p.tokens for p in fresh],
+                       length)
+  for path, score in zip(fresh, scores):
     path.fresh = False
     path.pruned = bool(score < threshold)
     if path.pruned:
       path.done, path.halt = True, None
-    stats[path.query]["checks"].append(PruneCheck(list(prefix), float(score), path.pruned))
+    stats[path.query]["checks"].append(PruneCheck(list(path.tokens), float(score),
+                                                  path.pruned))
 
 
 def _expand(paths: list[_Path], active: Sequence[_Path], edu: EduConfig, stats: dict,

@@ -35,7 +35,10 @@ from prm_jax.models import ModelConfig
 @dataclasses.dataclass
 class MonteCarloLabels:
   """Per trajectory, per step: `soft` and `hard` labels and `successes` (c_t) out of
-  `rollouts_per_step`; `rollouts` and `generated_tokens` are the total labeling cost."""
+  `rollouts_per_step`; `rollouts` and `generated_tokens` are the total labeling cost.
+  `outcomes[m][t][j]` and `rollout_tokens[m][t][j]` are rollout j's success and length
+  (empty for the final step, which has no rollouts): the labels and cost of any smaller
+  budget (the first k' rollouts of the first M' trajectories) are read off them."""
 
   soft: list[list[float]]
   hard: list[list[float]]
@@ -43,6 +46,8 @@ class MonteCarloLabels:
   rollouts_per_step: int
   rollouts: int
   generated_tokens: int
+  outcomes: list[list[list[bool]]]
+  rollout_tokens: list[list[list[int]]]
 
 
 def _row_keys(rng: jax.Array, rows: np.ndarray) -> np.ndarray:
@@ -89,6 +94,8 @@ def monte_carlo_labels(config: ModelConfig, params, tokenizer: Tokenizer,
              for t in trajectories]
   texts = [[step + step_separator for step in t.steps] for t in trajectories]
   successes = [[0] * len(t.steps) for t in trajectories]
+  outcomes = [[[] for _ in t.steps] for t in trajectories]
+  rollout_tokens = [[[] for _ in t.steps] for t in trajectories]
   for m, t in enumerate(trajectories):
     if t.steps:  # The final answer step: the trajectory's own outcome.
       successes[m][-1] = k * bool(is_correct(m, "".join(texts[m])))
@@ -122,11 +129,15 @@ def monte_carlo_labels(config: ModelConfig, params, tokenizer: Tokenizer,
     for r, (m, s, _) in enumerate(chunk):
       rollout = [int(x) for x in tokens[r, :lengths[r]] if x != tokenizer.eos_id]
       text = "".join(texts[m][:s + 1]) + tokenizer.decode(rollout)
-      successes[m][s] += bool(is_correct(int(m), text))
+      success = bool(is_correct(int(m), text))
+      successes[m][s] += success
+      outcomes[m][s].append(success)
+      rollout_tokens[m][s].append(int(lengths[r]))
     generated += int(lengths[:len(chunk)].sum())
     if progress is not None:
       progress(start + len(chunk), len(rows))
   return MonteCarloLabels(
       soft=[[c / k for c in row] for row in successes],
       hard=[[float(c > 0) for c in row] for row in successes], successes=successes,
-      rollouts_per_step=k, rollouts=len(rows), generated_tokens=generated)
+      rollouts_per_step=k, rollouts=len(rows), generated_tokens=generated, outcomes=outcomes,
+      rollout_tokens=rollout_tokens)

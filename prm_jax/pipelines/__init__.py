@@ -10,6 +10,8 @@ import importlib
 from typing import Callable
 
 PIPELINES: dict[str, str] = {
+    "edu_prm": "prm_jax.pipelines.edu_prm",
+    "edu_profile": "prm_jax.pipelines.edu_profile",
     "prm_train": "prm_jax.pipelines.prm_train",
     "quickstart": "prm_jax.pipelines.quickstart",
 }

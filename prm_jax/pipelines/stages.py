@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from prm_jax import config_lib, files, policy, train
+from prm_jax import config_lib, files, labeling, policy, train
 from prm_jax.data import CharTokenizer, Trajectory, pipeline
 from prm_jax.data.tasks import generate_corpus
 from prm_jax.data.tokenize import prompt_ids
@@ -142,10 +142,10 @@ def sft_policy(config, model_config, init_params, tokenizer, tasks: dict, workdi
 # ----------------------------------------------------------------------------- samples
 
 
-def verdict_record(task, problem: str, text: str) -> dict:
-  """A sampled solution with the checker's exact verdict of every step."""
+def verdict_record(task, problem: str, text: str, tokens: int) -> dict:
+  """A sampled solution (`tokens` generated) with the checker's verdict of every step."""
   verdict = task.check(problem, text)
-  return {"problem": problem, "text": text, "steps": list(verdict.steps),
+  return {"problem": problem, "text": text, "tokens": tokens, "steps": list(verdict.steps),
           "step_correct": list(verdict.step_correct), "first_error": verdict.first_error,
           "answer": verdict.final_answer, "solved": verdict.solved}
 
@@ -160,9 +160,31 @@ def sample(config, task, model_config, params, tokenizer, problems, num_samples:
       max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p or None,
       rng=key, prompts_per_batch=s.prompts_per_batch, mesh=mesh,
       progress=progress(f"sampling {num_samples} per problem"))
-  samples = [verdict_record(task, problem, text)
-             for problem, texts in zip(problems, solutions.texts) for text in texts]
+  samples = [verdict_record(task, problem, text, tokens)
+             for problem, texts, lengths in zip(problems, solutions.texts, solutions.lengths)
+             for text, tokens in zip(texts, lengths)]
   return {"samples": samples, "generated_tokens": solutions.generated_tokens}
+
+
+def monte_carlo_labels(config, task, model_config, params, tokenizer, samples: Sequence[dict],
+                       mesh) -> dict:
+  """Math-Shepherd step labels of `samples` (`config.labeling.rollouts` rollouts from every
+  step prefix, at `config.sampling`'s temperature): `{"mc_soft", "mc_hard"}` per step, the
+  checker's `"oracle"` prefix labels for comparison, the cost (`rollouts`,
+  `generated_tokens`, `seconds`), and every rollout's `outcomes` and `rollout_tokens` (from
+  which the labels and cost of any smaller budget are read)."""
+  lab = config.labeling
+  start = time.perf_counter()
+  mc = labeling.monte_carlo_labels(
+      model_config, params, tokenizer, as_trajectories(samples),
+      lambda m, text: task.check(samples[m]["problem"], text).solved,
+      rollouts_per_step=lab.rollouts, max_new_tokens=config.sampling.max_new_tokens,
+      rng=jax.random.key(config.seed + 2), temperature=config.sampling.temperature,
+      rows_per_batch=lab.rows_per_batch, mesh=mesh, progress=progress("Monte Carlo rollouts"))
+  oracle = [task.check(s["problem"], s["steps"]).prefix_labels for s in samples]
+  return {"mc_soft": mc.soft, "mc_hard": mc.hard, "oracle": oracle, "rollouts": mc.rollouts,
+          "generated_tokens": mc.generated_tokens, "seconds": time.perf_counter() - start,
+          "outcomes": mc.outcomes, "rollout_tokens": mc.rollout_tokens}
 
 
 def as_trajectories(samples: Sequence[dict]) -> list[Trajectory]:
@@ -184,10 +206,11 @@ def reward_data(samples, step_labels=None) -> list[Trajectory]:
 
 def train_reward_model(name: str, config, model_config, tokenizer, data: Sequence[Trajectory],
                        max_steps: int, workdir: str, mesh, init_params, *,
-                       step_separator: str = "\n"):
-  """A reward model (`config[name]`: batch_size, max_length, train) trained on `data` with
-  the step BCE, initialised from `init_params` (the policy), in `workdir/name`."""
-  section = config[name]
+                       step_separator: str = "\n", section: str | None = None):
+  """A reward model trained on `data` with the step BCE, initialised from `init_params`
+  (the policy), in `workdir/name`; its settings (batch_size, max_length, train) are the
+  config section `section` (default: `name`)."""
+  section = config[section or name]
   batches = pipeline.prm_batches(data, tokenizer, batch_size=section.batch_size,
                                  max_length=section.max_length, max_steps=max_steps,
                                  seed=config.seed, step_separator=step_separator)
@@ -196,45 +219,56 @@ def train_reward_model(name: str, config, model_config, tokenizer, data: Sequenc
 
 
 def reward_scores(config, name: str, model_config, params, tokenizer,
-                  trajectories: Sequence[Trajectory], max_steps: int, mesh) -> list[np.ndarray]:
+                  trajectories: Sequence[Trajectory], max_steps: int, mesh, *,
+                  step_separator: str = "\n") -> list[np.ndarray]:
   """Step scores of `trajectories` under the reward model `name` (its batch and length)."""
   section = config[name]
   return score_steps(model_config, params, tokenizer, trajectories,
                      max_length=section.max_length, max_steps=max_steps,
-                     batch_size=section.batch_size, mesh=mesh)
+                     batch_size=section.batch_size, step_separator=step_separator, mesh=mesh)
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 
-def candidates(samples: Sequence[dict], num_samples: int, prm_scores,
-               orm_scores=None) -> Candidates:
-  """Best-of-N candidates: `num_samples` consecutive samples per problem, answers numbered
-  per problem in order of first appearance (-1: no final answer)."""
-  problems = len(samples) // num_samples
-  step_scores, step_mask = pad_steps(prm_scores)
-  step_scores = step_scores.reshape(problems, num_samples, -1)
-  step_mask = step_mask.reshape(step_scores.shape)
-  answer_ids = np.full((problems, num_samples), -1)
-  for p in range(problems):
+def candidates(groups: Sequence[Sequence[dict]], prm_scores: Sequence[Sequence[np.ndarray]],
+               orm_scores: Sequence[Sequence[np.ndarray]] | None = None) -> Candidates:
+  """Best-of-N candidates of B problems: `groups[b]` the sample records of problem b (any
+  number: groups are padded to the largest with empty candidates, which never win),
+  `prm_scores[b][n]` the step scores of its candidate n (`orm_scores`: the outcome model's,
+  its last step is the score). Answers are numbered per problem in order of first
+  appearance (-1: no final answer)."""
+  size = max(len(g) for g in groups)
+  width = max([len(x) for scores in prm_scores for x in scores] + [1])
+  shape = (len(groups), size)
+  answer_ids, correct = np.full(shape, -1), np.zeros(shape, bool)
+  step_scores, step_mask = np.zeros(shape + (width,), np.float32), np.zeros(shape + (width,), bool)
+  orm = None if orm_scores is None else np.full(shape, -np.inf, np.float32)
+  for b, group in enumerate(groups):
     ids: dict[str, int] = {}
-    for n in range(num_samples):
-      answer = samples[p * num_samples + n]["answer"]
-      if answer is not None:
-        answer_ids[p, n] = ids.setdefault(answer, len(ids))
-  correct = np.array([s["solved"] for s in samples]).reshape(problems, num_samples)
-  orm = None
-  if orm_scores is not None:
-    orm = np.array([s[-1] if len(s) else -np.inf for s in orm_scores],
-                   np.float32).reshape(problems, num_samples)
+    for n, sample in enumerate(group):
+      if sample["answer"] is not None:
+        answer_ids[b, n] = ids.setdefault(sample["answer"], len(ids))
+      correct[b, n] = sample["solved"]
+      steps = len(prm_scores[b][n])
+      step_scores[b, n, :steps], step_mask[b, n, :steps] = prm_scores[b][n], True
+      if orm is not None and len(orm_scores[b][n]):
+        orm[b, n] = orm_scores[b][n][-1]
   return Candidates(answer_ids, correct, step_scores, step_mask, orm)
+
+
+def grouped(values: Sequence, size: int) -> list[list]:
+  """`values` in consecutive groups of `size` (the samples of one problem)."""
+  return [list(values[i:i + size]) for i in range(0, len(values), size)]
 
 
 def best_of_n(config, samples: Sequence[dict], prm_scores, orm_scores=None, *,
               methods=None) -> dict:
   """`{"bon": {method: {N: accuracy}}, "policy_accuracy"}` on `sampling.num_samples`
   candidates per problem (`config.eval`: ns, draws, vote_aggregation)."""
-  c = candidates(samples, config.sampling.num_samples, prm_scores, orm_scores)
+  size = config.sampling.num_samples
+  c = candidates(grouped(samples, size), grouped(prm_scores, size),
+                 None if orm_scores is None else grouped(orm_scores, size))
   e = config.eval
   kwargs = {} if methods is None else {"methods": methods}
   return {"bon": best_of_n_curves(c, tuple(e.ns), draws=e.draws, seed=config.seed,
