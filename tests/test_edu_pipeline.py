@@ -78,6 +78,8 @@ def test_labeling_tokens_are_the_generated_tokens(smoke_run):
   assert len(pruned) == 128 - 32
   assert results["methods"]["pedu_tau0.3_leaves4_n128"]["labeling_tokens"] == edu_tokens + sum(
       t["generated_tokens"] for t in pruned)
+  pedu = results["methods"]["pedu_tau0.3_leaves4_n128"]
+  assert pedu["pruned_children"] == sum(t["pruned"] for t in pruned)
   for tree in trees:
     assert tree["generated_tokens"] <= sum(len(leaf["tokens"]) for leaf in tree["leaves"])
     assert len(tree["leaves"]) == tree["anchors"] + 1 <= 4

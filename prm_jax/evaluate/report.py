@@ -89,14 +89,17 @@ def plot_labeling_curves(runs: list[dict], path: str, method: str = "prm_vote") 
   first = runs[0]["methods"]
   n = str(max(int(k) for k in next(iter(first.values()))["bon"][method]))
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  for family in ("mc", "edu", "p_edu"):
-    names = sorted((k for k, m in first.items() if m["family"] == family),
-                   key=lambda k: np.mean([r["methods"][k]["labeling_tokens"] for r in runs]))
-    if not names:
-      continue
+  # One curve per family, and per threshold for the tree families (budget = (tau, ...)).
+  curves = {}
+  for name, m in first.items():
+    key = (m["family"], None if m["family"] == "mc" else m["budget"][0])
+    curves.setdefault(key, []).append(name)
+  for (family, tau), names in sorted(curves.items(), key=lambda x: (x[0][0], x[0][1] or 0)):
+    names.sort(key=lambda k: np.mean([r["methods"][k]["labeling_tokens"] for r in runs]))
     tokens = np.array([np.mean([r["methods"][k]["labeling_tokens"] for r in runs]) for k in names])
     accuracy = np.array([[r["methods"][k]["bon"][method][n] for r in runs] for k in names])
-    line, = ax.plot(tokens, accuracy.mean(1), marker="o", label=FAMILY_NAMES[family])
+    label = FAMILY_NAMES[family] + ("" if tau is None else f" (tau={tau:g})")
+    line, = ax.plot(tokens, accuracy.mean(1), marker="o", label=label)
     if len(runs) > 1:
       ax.fill_between(tokens, accuracy.min(1), accuracy.max(1), alpha=0.2, color=line.get_color())
   for reference, style in (("majority", ":"), ("oracle", "--")):

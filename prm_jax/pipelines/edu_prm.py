@@ -118,6 +118,14 @@ def _tree_data(trees: list[dict], tokenizer) -> tuple[list[Trajectory], int]:
   return data, tokens
 
 
+def _tree_stats(trees: list[dict]) -> dict:
+  """Mean leaves per tree, and the fraction of trees whose leaves disagree on the outcome
+  (the trees whose segment labels separate good prefixes from bad ones)."""
+  outcomes = [{leaf["record"]["solved"] for leaf in t["leaves"]} for t in trees]
+  return {"leaves_per_tree": float(np.mean([len(t["leaves"]) for t in trees])),
+          "mixed_trees": float(np.mean([len(o) == 2 for o in outcomes]))}
+
+
 def _budget_name(family: str, budget) -> str:
   if family == "mc":
     return f"mc_k{budget[0]}_n{budget[1]}"
@@ -267,10 +275,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         workdir, f"labels_edu_tau{tau:g}_leaves{leaves}.json", lambda: _trees(
             config, task, model_config, policy_params, tokenizer, tasks["prm"][:n], tau, leaves,
             jax.random.key(config.seed + 3), mesh))["trees"]
+  details = {}  # Tree statistics per budget (and for P-EDU: pruning).
   for budget in config.edu.budgets:
     tau, leaves, n = budget
     data, tokens = _tree_data(tree_sets[tau, leaves][:n], tokenizer)
     datasets[_budget_name("edu", budget)] = ("edu", budget, data, tokens, "")
+    details[_budget_name("edu", budget)] = _tree_stats(tree_sets[tau, leaves][:n])
 
   # 4. A PRM per budget, all trained alike; max_steps fits every dataset and the tests.
   max_steps = max([len(s["steps"]) for s in samples["test"]["samples"] + prm_samples]
@@ -297,6 +307,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     name = _budget_name("pedu", budget)
     pruner_data, pruner_tokens = datasets[pruner_name][2], datasets[pruner_name][3]
     datasets[name] = ("p_edu", budget, pruner_data + data, pruner_tokens + tokens, "")
+    details[name] = {**_tree_stats(pruned), "pruned_children": sum(t["pruned"] for t in pruned)}
+    unpruned = tree_sets.get((tau, leaves), [])[pruner[2]:n]
+    if len(unpruned) == len(pruned):  # Plain EDU trees of the same problems: tokens saved.
+      details[name]["tokens_saved_vs_edu"] = sum(t["generated_tokens"] for t in unpruned) - sum(
+          t["generated_tokens"] for t in pruned)
     max_steps = max([max_steps] + [len(t.steps) for t in data])
     prms[name] = train(name, pruner_data + data, "")
 
@@ -307,6 +322,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       methods[name] = {"family": family, "budget": list(budget), "labeling_tokens": tokens,
                        "train_trajectories": len(data),
                        "train_steps": sum(len(t.steps) for t in data),
+                       **details.get(name, {}),
                        **_evaluate_prm(config, name, model_config, prms[name], tokenizer, data,
                                        separator, test_samples, max_steps, mesh)}
     reference = config.test_time.prm or _budget_name("mc", config.mc.budgets[0])
@@ -351,7 +367,14 @@ def markdown(results: dict) -> str:
                  f"{f1(pb['f1'])} / {f1(pb['f1_at_half'])} | {f1(m['step_auroc'])} |")
   any_method = next(iter(results["methods"].values()))["bon"]
   lines += ["", f"Majority vote {any_method['majority'][n]:.3f}, oracle "
-            f"{any_method['oracle'][n]:.3f}, random {any_method['random'][n]:.3f}.", ""]
+            f"{any_method['oracle'][n]:.3f}, random {any_method['random'][n]:.3f}."]
+  for name, m in results["methods"].items():
+    if "pruned_children" in m:
+      saved = m.get("tokens_saved_vs_edu")
+      lines.append(f"{name}: {m['pruned_children']:,} children pruned" + (
+          "" if saved is None else f", {saved:,} tokens fewer than plain EDU on its problems")
+          + ".")
+  lines.append("")
   tt = results["test_time"]
   lines += [f"## Test time: EDU tree sampling vs HT sampling (PRM `{tt['prm']}`)", "",
             "| sampler | N | leaves | tokens / problem | majority | PRM vote | PRM min | "
