@@ -45,7 +45,8 @@ class ForceAt:
     position = carry["position"]
     forced = jnp.take_along_axis(carry["forced"], position[:, None], axis=1)[:, 0]
     tokens = jnp.where(forced >= 0, forced, tokens)
-    return tokens, jnp.zeros_like(position, bool), {**carry, "position": position + 1}
+    none = jnp.zeros_like(position, bool)
+    return tokens, none, none, {**carry, "position": position + 1}
 
 
 def independent_leaves(config, params, prompts, trees, eos, max_new_tokens):

@@ -102,15 +102,16 @@ class TokenRule(Protocol):
   computed the statistics `stats` (`[R]` arrays: `entropy`, `top1`, `top1_prob`, `top2`,
   `top2_prob`, `logprobs`) of the untempered distribution, with `carry`, the rule's own
   pytree of per-row state (`[R, ...]` leaves; given by the caller, carried by the loop).
-  Returns `(tokens, halt, carry)`: the tokens to emit (a rule may replace the choice),
-  `halt [R]` bool -- rows that stop *before* emitting this step's token (its statistics and
-  the chosen token are still recorded at the row's position `lengths[r]`, which is not
-  advanced), and the new carry. EDU branching (`prm_jax.labeling.edu`) halts rows at
-  high-entropy tokens so that its driver can fork them there (`resume`).
+  Returns `(tokens, halt, mark, carry)`: the tokens to emit (a rule may replace the
+  choice); `halt [R]` bool -- rows that stop *before* emitting this step's token (its
+  statistics and the chosen token are still recorded at the row's position `lengths[r]`,
+  which is not advanced); `mark [R]` bool, recorded per step in the output `marks` (what
+  the rule noticed there); and the new carry. EDU branching (`prm_jax.labeling.edu`)
+  marks high-entropy tokens, where its driver later forks the rows (`resume` with `keep`).
   """
 
-  def __call__(self, tokens: jax.Array, stats: dict, carry: Any) -> tuple[jax.Array, jax.Array,
-                                                                          Any]:
+  def __call__(self, tokens: jax.Array, stats: dict, carry: Any) -> tuple[
+      jax.Array, jax.Array, jax.Array, Any]:
     ...
 
 
@@ -127,6 +128,7 @@ class DecodeState(flax.struct.PyTreeNode):
   halted: `[R]` bool, a `TokenRule` halted the row.
   lengths: `[R]` int32, tokens emitted, up to and including the stop token.
   tokens, top1, top2: `[R, N]` int32; logprobs, entropy, top1_prob, top2_prob: `[R, N]` fp32.
+  marks: `[R, N]` bool, the `TokenRule`'s marks (False without a rule).
   rule_carry: the `TokenRule`'s per-row state (`()` without a rule).
   """
 
@@ -146,10 +148,11 @@ class DecodeState(flax.struct.PyTreeNode):
   top1_prob: jax.Array
   top2: jax.Array
   top2_prob: jax.Array
+  marks: jax.Array
   rule_carry: Any = ()
 
 
-STAT_NAMES = ("logprobs", "entropy", "top1", "top1_prob", "top2", "top2_prob")
+STAT_NAMES = ("logprobs", "entropy", "top1", "top1_prob", "top2", "top2_prob", "marks")
 OUTPUT_NAMES = ("tokens", "lengths", "stopped", "halted") + STAT_NAMES
 
 
@@ -226,8 +229,9 @@ def _decode_step(config: ModelConfig, sampling: SamplingConfig, rule: TokenRule 
     stats = token_stats(logits, tokens)
     stats["logprobs"] = stats.pop("logprob")
   halt, carry = jnp.zeros_like(state.stopped), state.rule_carry
+  stats["marks"] = halt
   if rule is not None:
-    tokens, halt, carry = rule(tokens, stats, carry)
+    tokens, halt, stats["marks"], carry = rule(tokens, stats, carry)
   live = ~state.done  # Rows that record this step (a halting row records, but emits nothing).
   emit = live & ~halt
   tokens = jnp.where(live, tokens, sampling.pad_id)
@@ -261,7 +265,8 @@ def _decode(config: ModelConfig, sampling: SamplingConfig, rule: TokenRule | Non
       lengths=jnp.zeros((rows,), jnp.int32),
       tokens=buffer(jnp.int32, sampling.pad_id), logprobs=buffer(jnp.float32),
       entropy=buffer(jnp.float32), top1=buffer(jnp.int32), top1_prob=buffer(jnp.float32),
-      top2=buffer(jnp.int32), top2_prob=buffer(jnp.float32), rule_carry=rule_carry)
+      top2=buffer(jnp.int32), top2_prob=buffer(jnp.float32), marks=buffer(bool),
+      rule_carry=rule_carry)
   return jax.lax.while_loop(
       lambda s: (s.step < steps) & ~jnp.all(s.done),
       functools.partial(_decode_step, config, sampling, rule, params), state)
@@ -355,12 +360,14 @@ def _sample(config: ModelConfig, sampling: SamplingConfig, rule: TokenRule | Non
 
 
 def _resume(config: ModelConfig, sampling: SamplingConfig, rule: TokenRule | None, params,
-            cache: dict, ends, sources, next_tokens, key_data, limits, rule_carry) -> dict:
+            cache: dict, ends, sources, keep, next_tokens, key_data, limits, rule_carry) -> dict:
   """Continue rows `sources [R]` of a kept cache (any row any number of times: forks), each
-  first feeding `next_tokens [R]`; returns the outputs, the new rows' caches and `ends`."""
+  from its first `keep [R]` slots, first feeding `next_tokens [R]`; returns the outputs,
+  the new rows' caches and `ends`."""
   cache = _map_cache_rows(cache, lambda b, axis: jnp.take(b, sources, axis=axis))
-  cache["mask"] = jnp.take(cache["mask"], sources, axis=0)
-  ends = ends[sources]
+  ends = jnp.minimum(ends[sources], keep)
+  slots = jnp.arange(cache["mask"].shape[1])
+  cache["mask"] = jnp.take(cache["mask"], sources, axis=0) & (slots[None] < ends[:, None])
   start = jnp.max(ends)  # Every row writes from here: after all rows' tokens.
   cache["index"] = start
   state = _decode(config, sampling, rule, params, _constrain_cache(cache), next_tokens,
@@ -410,7 +417,7 @@ def _compiled(config: ModelConfig, sampling: SamplingConfig, rule: TokenRule | N
   if cache_out is not None:
     outputs.update(cache=cache_out, ends=rows)
   if resume:
-    in_shardings = (params, cache_in, rows, rows, rows, keys, rows, carry)
+    in_shardings = (params, cache_in, rows, rows, rows, rows, keys, rows, carry)
   else:
     prompts = parallel.batch_sharding(mesh, 2, rules) if prompts_sharded else (
         parallel.replicated(mesh))
@@ -484,11 +491,17 @@ class RowCache:
     `[0, ends[r])` (masked holes included) and its slots after that are free.
   steps: `max_new_tokens` of the call that made it; a resume may decode as many again
     (the cache has that room after every row's tokens).
+  first: the slot of the first token a row fed (the prompt's last token, fed again):
+    a row started without a forced token keeps its i-th generated token at slot
+    `first + 1 + i`, and so does every row resumed from it (the token it is resumed with
+    is its next one). Resuming from the first `first + 1 + i` slots continues a row after
+    its i-th token (`resume(keep=...)`).
   """
 
   cache: dict
   ends: np.ndarray
   steps: int
+  first: int
 
 
 def _sampling_config(max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id):
@@ -625,30 +638,33 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
                   prompts_sharded, shardings)
   out = run(params, input_ids, mask, sources, prefix_lengths, next_tokens, keys, limits,
             rule_carry)
-  return _finish(out, rows, sampling)
+  return _finish(out, rows, sampling, total)
 
 
-def _finish(out: dict, rows: int, sampling: SamplingConfig) -> dict:
+def _finish(out: dict, rows: int, sampling: SamplingConfig, first: int) -> dict:
   """The real rows' outputs, and the `RowCache` (all rows, padded ones included)."""
   result = {name: out[name][:rows] for name in OUTPUT_NAMES}
   if "cache" in out:
     result["row_cache"] = RowCache(out["cache"], np.asarray(out["ends"]),
-                                   sampling.max_new_tokens)
+                                   sampling.max_new_tokens, first)
   return result
 
 
 def resume(config: ModelConfig, params, row_cache: RowCache, *, sources, next_tokens,
-           max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
-           top_p: float | None = None, stop_tokens=(), pad_id: int = 0, rng=None,
-           limits=None, rule: TokenRule | None = None, rule_carry=None,
-           decode_layout: bool | None = None, mesh=None,
+           max_new_tokens: int, keep=None, temperature: float = 0.0,
+           top_k: int | None = None, top_p: float | None = None, stop_tokens=(),
+           pad_id: int = 0, rng=None, limits=None, rule: TokenRule | None = None,
+           rule_carry=None, decode_layout: bool | None = None, mesh=None,
            rules=parallel.LOGICAL_AXIS_RULES) -> dict:
-  """Continue rows of a `RowCache` where they stopped, without recomputing their caches.
+  """Continue rows of a `RowCache` where they stopped, or from any earlier token, without
+  recomputing their caches.
 
   Row r of the result continues row `sources[r]` of `row_cache` (a row may be continued by
   several result rows: it forks), first feeding `next_tokens[r]`: the token the row takes
   at the position where it halted (a `TokenRule` halt records the distribution there and
-  emits nothing). Each result row copies its source's cache; nothing is prefilled again.
+  emits nothing), or, with `keep[r]` (slots of the source kept; `RowCache.first` tells
+  which hold which tokens), at the position after its kept tokens: a branch from an
+  earlier token. Each result row copies its source's cache; nothing is prefilled again.
   Returns what `continue_prefixes(..., keep_cache=True)` returns, so a result can be
   resumed in turn. `params` must be in the layout that made the cache (pass the same
   `decode_params` conversion, or the same `decode_layout` setting). Other arguments as
@@ -665,6 +681,10 @@ def resume(config: ModelConfig, params, row_cache: RowCache, *, sources, next_to
     raise ValueError(f"next_tokens {next_tokens.shape} must be [rows] like sources {(rows,)}")
   if np.any((sources < 0) | (sources >= len(row_cache.ends))):
     raise ValueError(f"sources must index the {len(row_cache.ends)} rows of the cache")
+  keep = row_cache.ends[sources] if keep is None else np.asarray(keep, np.int32).reshape(-1)
+  if keep.shape != (rows,) or np.any((keep <= row_cache.first) | (keep > row_cache.ends[sources])):
+    raise ValueError(f"keep must be [rows] slots in ({row_cache.first}, the source's end]: "
+                     "a row keeps at least its prompt and first fed token")
   if np.any((next_tokens < 0) | (next_tokens >= config.vocab_size)):
     raise ValueError(f"next_tokens must be token ids in [0, vocab_size={config.vocab_size})")
   keys = _row_keys(rng, rows)
@@ -677,16 +697,17 @@ def resume(config: ModelConfig, params, row_cache: RowCache, *, sources, next_to
   shardings = None
   if mesh is not None:
     parallelism = parallel.batch_parallelism(mesh, rules)
-    (sources, next_tokens, keys), _ = _pad_rows([sources, next_tokens, keys], parallelism)
+    (sources, keep, next_tokens, keys), _ = _pad_rows([sources, keep, next_tokens, keys],
+                                                      parallelism)
     limits, rule_carry = _pad_row_state(limits, rule_carry, len(sources))
     slots = row_cache.cache["mask"].shape[1]
     shardings = (param_shardings, _carry_shardings(rule_carry, mesh, rules),
                  _hashable(jax.tree.map(lambda x: x.sharding, row_cache.cache)),
                  _cache_shardings(config, unrolled, len(sources), slots, mesh, rules))
   run = _compiled(config, sampling, rule, True, True, mesh, tuple(rules), False, shardings)
-  out = run(params, row_cache.cache, row_cache.ends.astype(np.int32), sources, next_tokens,
-            keys, limits, rule_carry)
-  return _finish(out, rows, sampling)
+  out = run(params, row_cache.cache, row_cache.ends.astype(np.int32), sources,
+            keep.astype(np.int32), next_tokens, keys, limits, rule_carry)
+  return _finish(out, rows, sampling, row_cache.first)
 
 
 def generate(config: ModelConfig, params, input_ids, attention_mask=None, *,

@@ -56,9 +56,10 @@ class Path:
   pid: int
   tokens: list
   anchors: list
-  allow: bool = True
-  fresh: bool = False
-  halt: tuple = None
+  count: int = 0
+  last: int = 0
+  candidates: list = dataclasses.field(default_factory=list)
+  halted: bool = False
   finished: bool = False
   pruned: bool = False
 
@@ -68,59 +69,71 @@ def reference_tree(config, params, prompt, *, tau, max_leaves, max_anchors, min_
                    prune_threshold=None):
   """(leaves as (tokens, anchors, finished), generated tokens, prune checks) of one query."""
   excluded = set(excluded)
-  paths = [Path(0, [], [])]
-  active, generated, checks = [paths[0]], 0, []
-  while active:
-    for path in active:  # Decode to the next candidate, or the end.
-      while True:
-        position = len(path.tokens)
-        if position >= max_new_tokens:
-          break
-        entropy, top1, top2 = next_token_stats(config, params, prompt + path.tokens)
-        last = path.anchors[-1] if path.anchors else 0
-        if (path.allow and entropy > tau and top1 not in excluded
-            and position - last >= min_gap and len(path.anchors) < max_anchors):
-          path.halt = (position, entropy, top1, top2)
-          break
-        path.tokens.append(top1)
-        generated += 1
-        if top1 == eos:
-          path.finished = True
-          break
-    if prm is not None:  # P-EDU: children whose first segment just ended at a candidate.
-      for path in active:
-        if path.fresh and path.halt is not None:
-          score = prm_score(prm, prompt + path.tokens)
-          path.pruned = score < prune_threshold
-          checks.append((list(path.tokens), score, path.pruned))
-        path.fresh = False
-    halted = [p for p in active if p.halt is not None and not p.pruned]
+  generated = 0
+
+  def extend(path, token):
+    nonlocal generated
+    path.tokens.append(token)
+    generated += 1
+    path.finished = token == eos
+    return not path.finished and len(path.tokens) < max_new_tokens
+
+  def decode(path, halt_first):
+    """Greedy to the end, top-1 at candidates; a P-EDU child stops at its first one."""
+    while len(path.tokens) < max_new_tokens:
+      position = len(path.tokens)
+      entropy, top1, top2 = next_token_stats(config, params, prompt + path.tokens)
+      if (entropy > tau and top1 not in excluded and position - path.last >= min_gap
+          and path.count < max_anchors):
+        path.candidates.append((position, entropy, top1, top2))
+        path.count, path.last = path.count + 1, position
+        if halt_first:
+          path.halted = True
+          return
+      if not extend(path, top1):
+        return
+
+  root = Path(0, [], [])
+  paths, checks = [root], []
+  decode(root, False)
+  generation = [root]
+  while generation:
+    if prm is not None:  # P-EDU: children halted at their first candidate.
+      for path in generation:
+        if not path.halted:
+          continue
+        score = prm_score(prm, prompt + path.tokens)
+        path.pruned = score < prune_threshold
+        checks.append((list(path.tokens), score, path.pruned))
+        path.halted = False
+        if path.pruned:
+          path.candidates = []
+        elif extend(path, path.candidates[-1][2]):
+          decode(path, False)
+    candidates = [(path, c) for path in generation for c in path.candidates]
     if order == "entropy":
-      halted.sort(key=lambda p: (-p.halt[1], p.halt[0], p.pid))
+      candidates.sort(key=lambda x: (-x[1][1], x[1][0], x[0].pid))
     else:
-      halted.sort(key=lambda p: (p.halt[0], -p.halt[1], p.pid))
+      candidates.sort(key=lambda x: (x[1][0], -x[1][1], x[0].pid))
     leaves = sum(not p.pruned for p in paths)
-    active = []
-    for path in halted:
-      position, _, top1, top2 = path.halt
-      path.halt = None
+    branches = []
+    for path, (position, _, _, top2) in candidates:
       if leaves < max_leaves:
         leaves += 1
-        child = Path(len(paths), path.tokens + [top2], path.anchors + [position], fresh=True)
-        paths.append(child)
-        path.tokens.append(top1)
-        path.anchors.append(position)
-        path.fresh = True
-        pair = [path, child]
-      else:
-        path.allow = False
-        path.tokens.append(top1)  # Greedy: the token it would have taken.
-        pair = [path]
-      for p in pair:
-        generated += 1
-        if p.tokens[-1] == eos or len(p.tokens) >= max_new_tokens:
-          p.finished = p.tokens[-1] == eos
-        else:
-          active.append(p)
+        branches.append((path, position, top2))
+    for path in generation:
+      path.candidates = []
+    for path, position, _ in branches:
+      path.anchors = sorted(path.anchors + [position])
+    generation = []
+    for path, position, top2 in branches:
+      index = path.anchors.index(position)
+      child = Path(len(paths), path.tokens[:position], path.anchors[:index + 1],
+                   count=index + 1, last=position)
+      paths.append(child)
+      if extend(child, top2):
+        decode(child, prm is not None)
+      if child.candidates:
+        generation.append(child)
   leaves = [(p.tokens, p.anchors, p.finished) for p in paths if not p.pruned]
   return leaves, generated, checks

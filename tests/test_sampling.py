@@ -266,7 +266,7 @@ class _HaltAt:
 
   def __call__(self, tokens, stats, carry):
     halt = carry["position"] == carry["halt_at"]
-    return tokens, halt, {**carry, "position": carry["position"] + 1}
+    return tokens, halt, halt, {**carry, "position": carry["position"] + 1}
 
 
 def _halt_carry(positions, halt_at):
@@ -290,6 +290,8 @@ def test_halted_rows_resume_and_fork_without_recomputing(model, prompts, mesh_sh
   lengths, halted = np.asarray(first["lengths"]), np.asarray(first["halted"])
   np.testing.assert_array_equal(lengths, [3, 0, 7, n])
   np.testing.assert_array_equal(halted, [True, True, True, False])
+  marks = np.asarray(first["marks"])  # The rule marked each halt step, and nothing else.
+  assert [list(np.flatnonzero(m)) for m in marks] == [[3], [0], [7], []]
   assert not np.asarray(first["stopped"]).any()
   tokens = np.asarray(first["tokens"])
   for r in range(3):  # The halt step records the token the row would have taken.
@@ -312,6 +314,13 @@ def test_halted_rows_resume_and_fork_without_recomputing(model, prompts, mesh_sh
   prefix = _row(ids, mask, 0) + list(tokens[0, :3]) + [5]
   fresh = _generate(config, params, np.array([prefix]), max_new_tokens=n - 4)["tokens"][0]
   np.testing.assert_array_equal(out["tokens"][3, :n - 4], fresh)
+  # A branch from an earlier token: row 3 (which never halted) cut after its 5th token.
+  branch = sampling.resume(config, params, first["row_cache"], sources=[3], next_tokens=[7],
+                           keep=[first["row_cache"].first + 1 + 5], max_new_tokens=n,
+                           limits=[n - 6], mesh=mesh)
+  prefix = _row(ids, mask, 3) + list(tokens[3, :5]) + [7]
+  fresh = _generate(config, params, np.array([prefix]), max_new_tokens=n - 6)["tokens"][0]
+  np.testing.assert_array_equal(np.asarray(branch["tokens"])[0, :n - 6], fresh)
   # Round 2: row 1 again (its cache now holds three rounds of tokens).
   third = sampling.resume(config, params, second["row_cache"], sources=[1],
                           next_tokens=[out["tokens"][1, 4]], max_new_tokens=n,
@@ -341,6 +350,9 @@ def test_limits_cut_rows_and_resume_is_checked(model, prompts):
   with pytest.raises(ValueError, match="sources must index the 1 rows"):
     sampling.resume(config, params, kept["row_cache"], sources=[1], next_tokens=[3],
                     max_new_tokens=STEPS)
+  with pytest.raises(ValueError, match="keep must be"):
+    sampling.resume(config, params, kept["row_cache"], sources=[0], next_tokens=[3],
+                    max_new_tokens=STEPS, keep=[kept["row_cache"].first])
   with pytest.raises(ValueError, match="different layouts"):
     sampling.resume(config, params, kept["row_cache"], sources=[0], next_tokens=[3],
                     max_new_tokens=STEPS, decode_layout=False)

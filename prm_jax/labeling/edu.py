@@ -3,33 +3,38 @@
 A path is decoded greedily (or at `temperature`); a token whose entropy
 `H = -sum_v p_v log p_v` (nats, of the model's untempered distribution) exceeds `tau`, whose
 top-1 token is not excluded (whitespace, punctuation, special tokens: `excluded_token_ids`)
-and that lies at least `min_gap` tokens after the path's previous anchor (or its start), on
-a path with fewer than `max_anchors` anchors, is a *candidate*. A candidate that gets a
-leaf from the budget becomes an *anchor*: the path splits into two children, one taking
-the top-1 token there and one the top-2, each continuing the same way. The segments
-between consecutive anchors are the steps of the paths (no separator needed), labelled
-by Monte Carlo over the leaves below them (`segment_labels`).
+and that lies at least `min_gap` tokens after the path's previous candidate (or its start),
+on a path with fewer than `max_anchors` candidates, is a *candidate*; the path itself takes
+the top-1 token there. A candidate that gets a leaf from the budget becomes an *anchor*:
+a child path branches off with the top-2 token and continues the same way. The segments
+between consecutive anchors are the steps of the paths (no separator needed), labelled by
+Monte Carlo over the leaves below them (`segment_labels`).
 
-Expansion order, by rounds. Round 0 decodes each query's root path until its first
-candidate (or its end); every round then (1) for P-EDU, prunes children whose first
-segment just ended at a candidate with a PRM score below `prune_threshold` (their
-continuation and subtree are never generated, and their leaf goes back to the budget), (2) expands the query's candidates in
-the order `order` -- "entropy": highest entropy first (ties: earlier position, then
-earlier path), or "position": earliest first (ties: higher entropy) -- while the query has
-fewer than `max_leaves` leaves, and (3) decodes every continuation to its next candidate.
-A candidate that finds the budget spent is not an anchor: its path takes the token it
-would have taken anyway and continues without further branching. Anchors are therefore
-taken breadth-first: all of one generation of paths before any of the next.
+Expansion order, by generations. Generation 0 is each query's root path, decoded to its
+end; the candidates of a generation's paths (counted as if every earlier one of the path
+branched, so the gap and the cap hold for whichever become anchors) are then expanded in
+the order `order` -- "entropy": highest entropy first (ties: earlier position, then earlier
+path), or "position": earliest first (ties: higher entropy) -- while the query has fewer
+than `max_leaves` leaves; the children are generation g + 1. A candidate that finds the
+budget spent stays a plain token of its path.
 
-Cost. Children share their parent's KV cache: a halted row is forked by copying its cache
-rows (`sampling.resume`), so no prefix is ever prefilled or decoded twice, and the token
-count of a tree is the number of distinct tree nodes generated (emitted tokens plus the
-forced token of every continuation; pruned branches included).
+P-EDU. With a PRM and `prune_threshold`, a child stops at its first candidate; the PRM
+scores it there (the end of its first segment) and a child below the threshold is pruned:
+its continuation and subtree are never generated, and its leaf goes back to the budget. A
+child that reaches its end before any candidate is a finished leaf with a known outcome;
+it is kept (nothing is left to save) and not scored.
 
-    rule = AnchorRule(tau=1.0, min_gap=4, max_anchors=6, excluded=excluded_token_ids(tok))
+Cost. A child is decoded from a copy of its parent's KV cache cut at the anchor
+(`sampling.resume` with `keep`): no prefix is ever prefilled or decoded twice, and the
+token count of a tree is the number of distinct tree nodes generated (pruned branches
+included). Every row of a generation decodes to its end in one sampler call, so rows are
+never left waiting for others to reach a decision.
+
+    settings = EduConfig(tau=0.3, max_leaves=8, max_new_tokens=48, max_anchors=4, min_gap=2)
     trees = build_trees(config, params, tok, [prompt_ids(tok, p) for p in problems],
-                        EduConfig(...), rng=key)
+                        settings, rng=jax.random.key(0))    # one Tree per problem
     labels = segment_labels(trees[0].leaves, correct)       # soft label per leaf, per segment
+    data = tree_trajectories(trees[0], problems[0], tok, correct)  # train: step_separator=""
 """
 
 from __future__ import annotations
@@ -110,11 +115,12 @@ class EduConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AnchorRule:
-  """The sampler's `TokenRule` for EDU: halt a row at a candidate anchor (module docstring).
+  """The sampler's `TokenRule` for EDU: mark candidates, take their top-1 token (module
+  docstring), or halt there instead where the carry's `halt` says so (P-EDU's children).
 
   Carry, `[R]` each: `position` (index in the path of the token being chosen), `last` (the
-  path's previous anchor, 0 at its start), `anchors` (anchors on the path so far), `allow`
-  (the path may still branch).
+  path's previous candidate, 0 at its start), `count` (candidates on the path so far),
+  `allow` (the path may still branch), `halt` (stop at the next candidate).
   """
 
   tau: float
@@ -128,10 +134,15 @@ class AnchorRule:
     top1 = stats["top1"]
     top1_excluded = jnp.where(top1 < excluded.shape[0],
                               excluded[jnp.clip(top1, 0, excluded.shape[0] - 1)], False)
-    halt = (carry["allow"] & (stats["entropy"] > self.tau) & ~top1_excluded & (top1 >= 0)
-            & (carry["position"] - carry["last"] >= self.min_gap)
-            & (carry["anchors"] < self.max_anchors))
-    return tokens, halt, {**carry, "position": carry["position"] + 1}
+    candidate = (carry["allow"] & (stats["entropy"] > self.tau) & ~top1_excluded & (top1 >= 0)
+                 & (carry["position"] - carry["last"] >= self.min_gap)
+                 & (carry["count"] < self.max_anchors))
+    halt = candidate & carry["halt"]
+    taken = candidate & ~halt
+    return jnp.where(taken, top1, tokens), halt, candidate, {
+        **carry, "position": carry["position"] + 1,
+        "last": jnp.where(taken, carry["position"], carry["last"]),
+        "count": carry["count"] + taken}
 
 
 @dataclasses.dataclass
@@ -184,27 +195,21 @@ class _Path:
   query: int
   pid: int  # Creation order within the query (the last tie-break of the expansion order).
   tokens: list[int]
-  anchors: list[int]
+  anchors: list[int]  # Where it branched (realised), ascending.
   entropies: list[float]
-  allow: bool
-  fresh: bool = False  # A child whose first segment is being decoded (P-EDU checks it).
+  count: int  # Candidates so far (as if each had branched): the rule's cap.
+  last: int  # Its last candidate (or 0): the rule's gap.
+  fresh: bool = False  # P-EDU: a child not yet past its first candidate.
   row: int = -1  # Its row in the current `RowCache`.
-  halt: tuple | None = None  # (position, entropy, top1, top2, chosen) at a candidate.
+  candidates: list = dataclasses.field(default_factory=list)  # (position, H, top1, top2).
+  halted: bool = False
   finished: bool = False
-  done: bool = False
   pruned: bool = False
 
 
 def _bucket(rows: int) -> int:
   """Row counts are padded to a power of two (>= 8): few distinct compiled shapes."""
   return max(8, 1 << (rows - 1).bit_length())
-
-
-def _order_key(order: str, path: _Path):
-  position, entropy = path.halt[0], path.halt[1]
-  if order == "entropy":
-    return (-entropy, position, path.pid)
-  return (position, -entropy, path.pid)
 
 
 @functools.lru_cache(maxsize=8)
@@ -217,19 +222,17 @@ def _prm_scorer(config: models.ModelConfig):
   return jax.jit(score)
 
 
-def _prm_scores(prm, prompts: Sequence[list[int]], prefixes: Sequence[list[int]],
-                length: int) -> np.ndarray:
-  """PRM P(correct) of each `prompt + prefix` at its last token (right-padded, one shape)."""
+def _prm_scores(prm, sequences: Sequence[list[int]], length: int) -> np.ndarray:
+  """PRM P(correct) of each token sequence at its last token (right-padded, one shape)."""
   config, params = prm
-  rows = _bucket(len(prefixes))
+  rows = _bucket(len(sequences))
   ids = np.zeros((rows, length), np.int32)
   mask = np.zeros(ids.shape, bool)
   positions = np.zeros(rows, np.int32)
-  for i, (prompt, prefix) in enumerate(zip(prompts, prefixes)):
-    sequence = list(prompt) + list(prefix)
+  for i, sequence in enumerate(sequences):
     ids[i, :len(sequence)], mask[i, :len(sequence)] = sequence, True
     positions[i] = len(sequence) - 1
-  return np.asarray(_prm_scorer(config)(params, ids, mask, positions))[:len(prefixes)]
+  return np.asarray(_prm_scorer(config)(params, ids, mask, positions))[:len(sequences)]
 
 
 def build_trees(config: models.ModelConfig, params, tokenizer: Tokenizer,
@@ -243,8 +246,8 @@ def build_trees(config: models.ModelConfig, params, tokenizer: Tokenizer,
     config, params: the policy (stacked or `sampling.decode_params` layout).
     tokenizer: needs an EOS token (paths end there).
     edu: the tree settings.
-    rng: PRNG key; path p of query q draws round r's tokens from
-      `fold_in(fold_in(fold_in(rng, q), p), r)` (only used when `edu.temperature > 0`), so a
+    rng: PRNG key; path p of query q draws its tokens of sampler call c from
+      `fold_in(fold_in(fold_in(rng, q), p), c)` (only used when `edu.temperature > 0`), so a
       tree does not depend on the other queries of its batch.
     excluded: token ids that are never anchors (default `excluded_token_ids(tokenizer)`).
     prm: `(model config, params)` of the PRM that prunes (P-EDU; needs
@@ -268,179 +271,208 @@ def build_trees(config: models.ModelConfig, params, tokenizer: Tokenizer,
                     excluded=tuple(int(i) for i in excluded))
   if not jax.dtypes.issubdtype(jnp.asarray(rng).dtype, jax.dtypes.prng_key):
     rng = jax.random.wrap_key_data(np.asarray(rng, np.uint32))
-  params = sampling.prepare_params(config, params, mesh=mesh)  # Once for every round.
+  params = sampling.prepare_params(config, params, mesh=mesh)  # Once for every call.
   prompts = [[int(t) for t in p] for p in prompts]
   if not all(prompts):
     raise ValueError("every prompt needs at least one token")
   trees = []
   for start in range(0, len(prompts), queries_per_batch):
     batch = list(range(start, min(start + queries_per_batch, len(prompts))))
-    trees += _build_batch(config, params, tokenizer, prompts, batch, queries_per_batch, edu,
-                          rule, rng, prm, mesh)
+    builder = _TreeBuilder(config, params, tokenizer, prompts, batch, edu, rule, rng, prm, mesh)
+    trees += builder.run(queries_per_batch)
     if progress is not None:
       progress(batch[-1] + 1, len(prompts))
   return trees
 
 
-def _build_batch(config, params, tokenizer, prompts, batch, queries_per_batch, edu, rule, rng,
-                 prm, mesh) -> list[Tree]:
-  """The trees of the queries `batch` (indices into `prompts`), decoded together."""
-  n = edu.max_new_tokens
-  stop = (tokenizer.eos_id,)
-  pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
-  stats = {q: {"tokens": 0, "candidates": 0, "anchors": 0, "rounds": 0, "checks": []}
-           for q in batch}
-  paths = [_Path(query=q, pid=0, tokens=[], anchors=[], entropies=[], allow=True, fresh=False,
-                 row=i) for i, q in enumerate(batch)]
-  next_pid = {q: 1 for q in batch}
+class _TreeBuilder:
+  """The trees of one batch of queries (indices into `prompts`), decoded together."""
 
-  def keys(rows: Sequence[_Path], round_index: int) -> np.ndarray:
-    return np.asarray(_path_keys(rng, np.array([p.query for p in rows]),
-                                 np.array([p.pid for p in rows]), round_index))
+  def __init__(self, config, params, tokenizer, prompts, batch, edu, rule, rng, prm, mesh):
+    self.config, self.params, self.prompts, self.batch = config, params, prompts, batch
+    self.edu, self.rng, self.prm = edu, rng, prm
+    self.stop = tokenizer.eos_id
+    self.pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+    self.paths = [_Path(query=q, pid=0, tokens=[], anchors=[], entropies=[], count=0, last=0,
+                        row=i) for i, q in enumerate(batch)]
+    self.next_pid = {q: 1 for q in batch}
+    self.stats = {q: {"tokens": 0, "candidates": 0, "anchors": 0, "rounds": 0, "checks": []}
+                  for q in batch}
+    self.common = dict(max_new_tokens=edu.max_new_tokens, temperature=edu.temperature,
+                       stop_tokens=(self.stop,), pad_id=self.pad, rule=rule, mesh=mesh)
 
-  def carry(rows: Sequence[_Path], count: int) -> dict:
+  def run(self, queries_per_batch: int) -> list[Tree]:
+    generation, index = self._roots(queries_per_batch), 0
+    while generation:
+      for q in {p.query for p in generation}:
+        self.stats[q]["rounds"] += 1
+      if self.prm is not None:
+        self._prune_children(generation, phase=2 * index + 1)
+      index += 1
+      generation = self._expand(generation, phase=2 * index)
+    return [self._tree(q) for q in self.batch]
+
+  # Decoding. ---------------------------------------------------------------------------
+
+  def _carry(self, rows: Sequence[_Path], count: int) -> dict:
+    """The rule's carry for `rows`, padded to `count` rows (copies of the first)."""
     def column(values, dtype):
-      return np.array(list(values) + [values[0] if values else 0] * (count - len(rows)), dtype)
+      return np.array(values + values[:1] * (count - len(values)), dtype)
     return {"position": column([len(p.tokens) for p in rows], np.int32),
-            "last": column([p.anchors[-1] if p.anchors else 0 for p in rows], np.int32),
-            "anchors": column([len(p.anchors) for p in rows], np.int32),
-            "allow": column([p.allow for p in rows], bool)}
+            "last": column([p.last for p in rows], np.int32),
+            "count": column([p.count for p in rows], np.int32),
+            "allow": column([True] * len(rows), bool),
+            "halt": column([p.fresh for p in rows], bool)}
 
-  # Round 0: the root paths, from the prompts (padded to a fixed number of queries).
-  length = max(len(prompts[q]) for q in batch)
-  ids = np.full((queries_per_batch, length), pad, np.int32)
-  mask = np.zeros(ids.shape, bool)
-  for i, q in enumerate(batch + [batch[0]] * (queries_per_batch - len(batch))):
-    ids[i, length - len(prompts[q]):] = prompts[q]
-    mask[i, length - len(prompts[q]):] = True
-  limits = np.array([n] * len(batch) + [0] * (queries_per_batch - len(batch)), np.int32)
-  common = dict(max_new_tokens=n, temperature=edu.temperature, stop_tokens=stop, pad_id=pad,
-                rule=rule, mesh=mesh)
-  root_keys = keys(paths + [paths[0]] * (queries_per_batch - len(batch)), 0)
-  out = sampling.continue_prefixes(
-      config, params, ids, mask, sources=np.arange(queries_per_batch),
-      prefix_lengths=mask.sum(-1), rng=root_keys, limits=limits,
-      rule_carry=carry(paths, queries_per_batch), keep_cache=True, **common)
-  active, round_index = paths, 0
-  while True:
-    for q in batch:
-      stats[q]["rounds"] += any(p.query == q for p in active)
-    _read_round(out, active, stats)
-    if prm is not None:
-      _prune(prm, prompts, active, edu.prune_threshold, stats, length + n)
-    continuations = _expand(paths, active, edu, stats, next_pid)
-    # Continuations feed their forced token; those it ends (a stop token, the length
-    # limit) need no decoding.
+  def _keys(self, rows: Sequence[_Path], phase: int) -> np.ndarray:
+    """Row keys `fold_in(fold_in(fold_in(rng, query), pid), phase)`: a phase is a sampler
+    call of a query's tree (2g: generation g; 2g + 1: P-EDU continuing it)."""
+    return np.asarray(_path_keys(self.rng, np.array([p.query for p in rows]),
+                                 np.array([p.pid for p in rows]), phase))
+
+  def _roots(self, queries_per_batch: int) -> list[_Path]:
+    """Generation 0: every query's greedy path, decoded to its end."""
+    prompts = [self.prompts[q] for q in self.batch]
+    prompts += prompts[:1] * (queries_per_batch - len(prompts))  # A fixed shape.
+    length = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), length), self.pad, np.int32)
+    mask = np.zeros(ids.shape, bool)
+    for i, prompt in enumerate(prompts):
+      ids[i, length - len(prompt):], mask[i, length - len(prompt):] = prompt, True
+    roots = self.paths + self.paths[:1] * (queries_per_batch - len(self.paths))
+    limits = [self.edu.max_new_tokens] * len(self.paths) + [0] * (len(roots) - len(self.paths))
+    self.out = sampling.continue_prefixes(
+        self.config, self.params, ids, mask, sources=np.arange(len(prompts)),
+        prefix_lengths=mask.sum(-1), rng=self._keys(roots, 0), limits=limits,
+        rule_carry=self._carry(self.paths, len(roots)), keep_cache=True, **self.common)
+    self.score_length = length + self.edu.max_new_tokens
+    self._read(self.paths)
+    return list(self.paths)
+
+  def _decode(self, rows: list[tuple[_Path, int, int, int]], phase: int) -> None:
+    """Continue each `(path, source row, kept slots, next token)` from the current cache
+    to its end (or, for a P-EDU child, its first candidate). A path its next token ends
+    is finished on the spot; it keeps a row (decoding nothing) if children may fork off
+    it, since the call replaces the cache."""
     resumed = []
-    for path, source, token in continuations:
+    for path, source, keep, token in rows:
       path.tokens.append(token)
-      stats[path.query]["tokens"] += 1
-      if token in stop or len(path.tokens) >= n:
-        path.finished, path.done = token in stop, True
-      else:
-        resumed.append((path, source, token))
+      self.stats[path.query]["tokens"] += 1
+      if token == self.stop or len(path.tokens) >= self.edu.max_new_tokens:
+        path.finished, path.halted = token == self.stop, False
+      if not path.finished and len(path.tokens) < self.edu.max_new_tokens or path.candidates:
+        resumed.append((path, source, keep, token))
     if not resumed:
-      break
-    round_index += 1
-    rows = _bucket(len(resumed))
-    active = [path for path, _, _ in resumed]
-    for i, path in enumerate(active):
+      return
+    count = _bucket(len(resumed))
+    paths = [path for path, _, _, _ in resumed]
+    pad = [resumed[0]] * (count - len(resumed))  # Padded rows decode nothing (limit 0).
+    for i, path in enumerate(paths):
       path.row = i
-    extra = rows - len(resumed)
-    sources = [source for _, source, _ in resumed] + [0] * extra
-    tokens = [token for _, _, token in resumed] + [0] * extra
-    row_keys = keys(active + [active[0]] * extra, round_index)
-    limits = np.array([n - len(p.tokens) for p in active] + [0] * extra, np.int32)
-    out = sampling.resume(config, params, out["row_cache"], sources=sources, next_tokens=tokens,
-                          rng=row_keys, limits=limits, rule_carry=carry(active, rows), **common)
-  return [_tree([p for p in paths if p.query == q], stats[q]) for q in batch]
+    limits = [self.edu.max_new_tokens - len(p.tokens) for p in paths] + [0] * len(pad)
+    rows = resumed + pad
+    self.out = sampling.resume(
+        self.config, self.params, self.out["row_cache"], sources=[r[1] for r in rows],
+        keep=[r[2] for r in rows], next_tokens=[r[3] for r in rows],
+        rng=self._keys(paths + [paths[0]] * len(pad), phase), limits=limits,
+        rule_carry=self._carry(paths, count), **self.common)
+    self._read(paths)
+
+  def _read(self, paths: Sequence[_Path]) -> None:
+    """Append each row's emitted tokens to its path and note its candidates, its halt (a
+    P-EDU child at its first candidate) or its end."""
+    out = {k: np.asarray(self.out[k]) for k in ("tokens", "lengths", "halted", "stopped",
+                                                 "entropy", "top1", "top2", "marks")}
+    for path in paths:
+      r, start = path.row, len(path.tokens)
+      emitted = int(out["lengths"][r])
+      if path.finished:  # Kept only as a source of children: it decoded nothing.
+        continue
+      path.tokens += [int(t) for t in out["tokens"][r, :emitted]]
+      self.stats[path.query]["tokens"] += emitted
+      path.halted = bool(out["halted"][r])
+      for i in np.flatnonzero(out["marks"][r, :emitted + path.halted]):
+        path.candidates.append((start + int(i), float(out["entropy"][r, i]),
+                                int(out["top1"][r, i]), int(out["top2"][r, i])))
+        path.count, path.last = path.count + 1, start + int(i)
+        self.stats[path.query]["candidates"] += 1
+      path.finished = bool(out["stopped"][r])
+
+  # Decisions. --------------------------------------------------------------------------
+
+  def _prune_children(self, generation: list[_Path], phase: int) -> None:
+    """P-EDU: score the children halted at their first candidate; prune those below the
+    threshold and continue the others to their end. (The generation's other paths ended
+    before any candidate: nothing forks off them.)"""
+    halted = [p for p in generation if p.halted]
+    if not halted:
+      return
+    scores = _prm_scores(self.prm, [self.prompts[p.query] + p.tokens for p in halted],
+                         self.score_length)
+    for path, score in zip(halted, scores):
+      path.pruned = bool(score < self.edu.prune_threshold)
+      self.stats[path.query]["checks"].append(PruneCheck(list(path.tokens), float(score),
+                                                         path.pruned))
+      if path.pruned:
+        path.candidates = []
+    ends = self.out["row_cache"].ends
+    survivors = [p for p in halted if not p.pruned]
+    for path in survivors:
+      path.fresh = False
+    # A survivor takes the top-1 token at its halt (its candidate) and goes on.
+    self._decode([(p, p.row, ends[p.row], p.candidates[-1][2]) for p in survivors], phase)
+
+  def _expand(self, generation: list[_Path], phase: int) -> list[_Path]:
+    """Anchors among the generation's candidates (module docstring); returns the next
+    generation, decoded."""
+    leaves = {}
+    for path in self.paths:
+      leaves[path.query] = leaves.get(path.query, 0) + (not path.pruned)
+    candidates = [(path, c) for path in generation if not path.pruned for c in path.candidates]
+    order = (lambda x: (x[0].query, -x[1][1], x[1][0], x[0].pid)) if self.edu.order == (
+        "entropy") else (lambda x: (x[0].query, x[1][0], -x[1][1], x[0].pid))
+    branches = []
+    for path, (position, entropy, _, top2) in sorted(candidates, key=order):
+      if leaves[path.query] < self.edu.max_leaves:
+        leaves[path.query] += 1
+        branches.append((path, position, entropy, top2))
+    for path in generation:
+      path.candidates = []
+    for path, position, entropy, _ in branches:
+      index = sum(a < position for a in path.anchors)
+      path.anchors.insert(index, position)
+      path.entropies.insert(index, entropy)
+    first = self.out["row_cache"].first
+    children, rows = [], []
+    for path, position, entropy, top2 in branches:
+      index = path.anchors.index(position)
+      child = _Path(query=path.query, pid=self.next_pid[path.query],
+                    tokens=path.tokens[:position], anchors=path.anchors[:index + 1],
+                    entropies=path.entropies[:index + 1], count=index + 1, last=position,
+                    fresh=self.prm is not None)
+      self.next_pid[path.query] += 1
+      self.paths.append(child)
+      self.stats[path.query]["anchors"] += 1
+      children.append(child)
+      rows.append((child, path.row, first + 1 + position, top2))
+    self._decode(rows, phase)
+    return [c for c in children if c.candidates]
+
+  def _tree(self, query: int) -> Tree:
+    paths = [p for p in self.paths if p.query == query]
+    stats = self.stats[query]
+    leaves = [Leaf(p.tokens, p.anchors, p.entropies, p.finished) for p in paths if not p.pruned]
+    return Tree(leaves=leaves, generated_tokens=stats["tokens"], candidates=stats["candidates"],
+                anchors=stats["anchors"], checks=stats["checks"], rounds=stats["rounds"])
 
 
 @jax.jit
-def _path_keys(rng, queries, pids, round_index):
-  """`[R, 2]` key data `fold_in(fold_in(fold_in(rng, query), pid), round)` per row."""
+def _path_keys(rng, queries, pids, call):
+  """`[R, 2]` key data `fold_in(fold_in(fold_in(rng, query), pid), call)` per row."""
   def key(query, pid):
     return jax.random.key_data(jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(
-        rng, query), pid), round_index))
+        rng, query), pid), call))
   return jax.vmap(key)(queries, pids)
-
-
-def _read_round(out: dict, active: Sequence[_Path], stats: dict) -> None:
-  """Append each active row's emitted tokens to its path; note where it halted or ended."""
-  tokens, lengths, halted = (np.asarray(out[k]) for k in ("tokens", "lengths", "halted"))
-  entropy, top1, top2 = (np.asarray(out[k]) for k in ("entropy", "top1", "top2"))
-  for path in active:
-    r, emitted = path.row, int(lengths[path.row])
-    path.tokens += [int(t) for t in tokens[r, :emitted]]
-    stats[path.query]["tokens"] += emitted
-    if halted[r]:
-      path.halt = (len(path.tokens), float(entropy[r, emitted]), int(top1[r, emitted]),
-                   int(top2[r, emitted]), int(tokens[r, emitted]))
-      stats[path.query]["candidates"] += 1
-    else:
-      path.halt, path.done = None, True
-      path.finished = bool(np.asarray(out["stopped"])[r])
-
-
-def _prune(prm, prompts, active: Sequence[_Path], threshold: float, stats: dict,
-           length: int) -> None:
-  """P-EDU: score every child whose first segment just ended at a candidate, at the
-  segment's last token, and prune those below `threshold`: their continuation and subtree
-  are never generated. A child whose first segment reached its end is a finished leaf
-  with a known outcome: nothing is left to save, so it is kept (and not scored)."""
-  for path in active:
-    if path.fresh and path.halt is None:
-      path.fresh = False
-  fresh = [p for p in active if p.fresh]
-  if not fresh:
-    return
-  scores = _prm_scores(prm, [prompts[p.query] for p in fresh], [p.tokens for p in fresh],
-                       length)
-  for path, score in zip(fresh, scores):
-    path.fresh = False
-    path.pruned = bool(score < threshold)
-    if path.pruned:
-      path.done, path.halt = True, None
-    stats[path.query]["checks"].append(PruneCheck(list(path.tokens), float(score),
-                                                  path.pruned))
-
-
-def _expand(paths: list[_Path], active: Sequence[_Path], edu: EduConfig, stats: dict,
-            next_pid: dict) -> list[tuple[_Path, int, int]]:
-  """Decide every halted path's fate (module docstring); returns the continuations as
-  (path, source row, forced token). New child paths are appended to `paths`."""
-  continuations = []
-  leaves = {}
-  for path in paths:
-    if not path.pruned:
-      leaves[path.query] = leaves.get(path.query, 0) + 1
-  halted = sorted((p for p in active if p.halt is not None and not p.pruned),
-                  key=lambda p: (p.query, _order_key(edu.order, p)))
-  for path in halted:
-    position, entropy, top1, top2, chosen = path.halt
-    path.halt = None
-    if leaves[path.query] < edu.max_leaves:
-      leaves[path.query] += 1
-      stats[path.query]["anchors"] += 1
-      child = _Path(query=path.query, pid=next_pid[path.query], tokens=list(path.tokens),
-                    anchors=path.anchors + [position], entropies=path.entropies + [entropy],
-                    allow=True, fresh=True)
-      next_pid[path.query] += 1
-      paths.append(child)
-      path.anchors.append(position)
-      path.entropies.append(entropy)
-      path.fresh = True
-      continuations += [(path, path.row, top1), (child, path.row, top2)]
-    else:  # The budget is spent: no anchor, and none later on this path.
-      path.allow = False
-      continuations.append((path, path.row, chosen))
-  return continuations
-
-
-def _tree(paths: Sequence[_Path], stats: dict) -> Tree:
-  leaves = [Leaf(p.tokens, p.anchors, p.entropies, p.finished) for p in paths if not p.pruned]
-  return Tree(leaves=leaves, generated_tokens=stats["tokens"], candidates=stats["candidates"],
-              anchors=stats["anchors"], checks=stats["checks"], rounds=stats["rounds"])
 
 
 # ----------------------------------------------------------------------------- labels
