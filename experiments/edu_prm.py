@@ -69,7 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.mc = ml_collections.ConfigDict(dict(
         # (k rollouts per step, PRM problems), k <= labeling.rollouts (those are sampled
         # once; a budget reads its first k); the first is the quickstart's labeling.
-        budgets=((4, 128),) if smoke else ((4, 1536), (4, 384), (1, 1536), (1, 384))))
+        budgets=((4, 128),) if smoke else ((4, 1536), (1, 1536), (1, 384))))
     config.edu = ml_collections.ConfigDict(dict(
         max_anchors=4, min_gap=2, order="entropy", temperature=0.0, queries_per_batch=64,
         # "default": whitespace, punctuation and special tokens (`edu.excluded_token_ids`);
@@ -77,8 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         exclude="default",
         # (tau in nats, leaves per query, PRM problems).
         budgets=((tau, 4, 32),) if smoke else (
-            (tau, 8, 1536), (tau, 8, 384), (tau, 8, 96), (low_tau, 8, 1536),
-            (low_tau, 8, 384))))
+            (tau, 8, 1536), (tau, 8, 384), (tau, 8, 96), (low_tau, 8, 1536))))
     config.p_edu = ml_collections.ConfigDict(dict(
         prune_threshold=0.2, pruner=0 if smoke else 1,  # An index into edu.budgets.
         budgets=((tau, 4, 128),) if smoke else ((tau, 8, 1536),)))
