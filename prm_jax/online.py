@@ -37,9 +37,9 @@ rollout batch by a forward pass (at the sampling temperature for GRPO's k3 KL, u
 for DPO's sequence log-probs). With `kl_coef = 0` no reference is kept.
 
 State (`get_state` / `set_state`, checkpointed by the loop with the train state): the
-prompt stream position, the rollout RNG key, and the rollout batch still being served
-with its minibatch order. A run stopped at any step resumes bitwise (on CPU) as if it had
-not stopped.
+prompt stream position, the rollout RNG key, the rollout batch still being served with its
+minibatch order, and the count of generated tokens (`generated_tokens`: the cost). A run
+stopped at any step resumes bitwise (on CPU) as if it had not stopped.
 
 Multi-host: every process computes the same global rollout (same prompts, keys and
 parameters) and serves its own rows (`parallel.process_batch_slice`); the state is the
@@ -198,6 +198,19 @@ def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray
   return ids, mask
 
 
+def logprobs_program(model_config: models.ModelConfig, mesh: Mesh, completion_width: int,
+                     temperature: float, rules=parallel.LOGICAL_AXIS_RULES):
+  """The jitted `(params, input_ids, attention_mask) -> [R, N]` completion log-probs on
+  `mesh` (parameters with the policy's shardings, rows over the batch axes): what the
+  source runs for behaviour and reference log-probs, and what `prm_jax.aot` compiles."""
+  rows = parallel.batch_sharding(mesh, 2, rules)
+  return parallel.sharded_jit(
+      lambda params, ids, mask: completion_logprobs(model_config, params, ids, mask,
+                                                    completion_width, temperature),
+      mesh, in_shardings=(parallel.param_shardings(model_config, mesh, rules), rows, rows),
+      out_shardings=rows, rules=rules)
+
+
 @functools.lru_cache(maxsize=4)
 def _epoch_order(seed: int, epoch: int, total: int) -> np.ndarray:
   """The prompt order of one epoch of the stream."""
@@ -252,21 +265,24 @@ class OnlineSource:
     shardings = parallel.param_shardings(model_config, mesh, rules)
     self._reference = (jax.device_put(reference_params, shardings) if needs_reference
                        else None)
-    self._logprobs_fn = functools.lru_cache(maxsize=4)(self._make_logprobs_fn)
-    self._param_shardings = shardings
+    self._logprobs_fn = functools.lru_cache(maxsize=4)(
+        lambda temperature: logprobs_program(model_config, mesh, config.max_new_tokens,
+                                             temperature, rules))
     # State.
     self._position = 0
     self._rng = np.asarray(jax.random.key_data(jax.random.key(config.seed)), np.uint32)
     self._buffer: dict | None = None
     self._order: np.ndarray | None = None
     self._served = 0
+    self.generated_tokens = 0  # Sampled completion tokens so far (stop tokens included).
 
   # --------------------------------------------------------------------------- state
 
   def get_state(self) -> dict:
     """The source's state as a pytree of NumPy arrays (copies)."""
     state = {"position": np.asarray(self._position, np.int64), "rng": self._rng.copy(),
-             "served": np.asarray(self._served, np.int64)}
+             "served": np.asarray(self._served, np.int64),
+             "generated_tokens": np.asarray(self.generated_tokens, np.int64)}
     if self._buffer is not None:
       state["buffer"] = jax.tree.map(np.array, self._buffer)
       state["order"] = self._order.copy()
@@ -276,6 +292,7 @@ class OnlineSource:
     self._position = int(state["position"])
     self._rng = np.asarray(state["rng"], np.uint32)
     self._served = int(state["served"])
+    self.generated_tokens = int(state["generated_tokens"])
     self._buffer = jax.tree.map(np.asarray, dict(state["buffer"])) if "buffer" in state else None
     self._order = np.asarray(state["order"]) if "order" in state else None
 
@@ -338,6 +355,7 @@ class OnlineSource:
         rules=self.rules)
     out = {name: _to_host(out[name]) for name in ("tokens", "lengths", "stopped", "logprobs",
                                                   "entropy")}
+    self.generated_tokens += int(out["lengths"].sum())
     return Rollouts(prompt_index=np.repeat(prompt_index, c.group_size),
                     tokens=out["tokens"].astype(np.int32), lengths=out["lengths"],
                     finished=out["stopped"], logprobs=out["logprobs"], entropy=out["entropy"])
@@ -455,15 +473,6 @@ class OnlineSource:
     return batch
 
   # --------------------------------------------------------------------------- log-probs
-
-  def _make_logprobs_fn(self, temperature: float):
-    width = self.config.max_new_tokens
-    rows = parallel.batch_sharding(self.mesh, 2, self.rules)
-    return parallel.sharded_jit(
-        lambda params, ids, mask: completion_logprobs(self.model_config, params, ids, mask,
-                                                      width, temperature),
-        self.mesh, in_shardings=(self._param_shardings, rows, rows), out_shardings=rows,
-        rules=self.rules)
 
   def _logprobs(self, params, rows: dict, temperature: float) -> np.ndarray:
     """`[R, N]` fp32 completion log-probs of `rows` under `params` (a forward pass on the

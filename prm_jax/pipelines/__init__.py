@@ -10,6 +10,7 @@ import importlib
 from typing import Callable
 
 PIPELINES: dict[str, str] = {
+    "policy_rl": "prm_jax.pipelines.policy_rl",
     "prm_train": "prm_jax.pipelines.prm_train",
     "quickstart": "prm_jax.pipelines.quickstart",
 }

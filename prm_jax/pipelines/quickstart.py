@@ -30,28 +30,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from prm_jax import config_lib, labeling
+from prm_jax import config_lib
 from prm_jax.data.tasks import get_task
 from prm_jax.evaluate.report import write_report
 from prm_jax.pipelines import stages
 
 LABEL_SOURCES = ("mc_soft", "mc_hard", "oracle")
-
-
-def _labels(config, task, model_config, params, tokenizer, samples, mesh) -> dict:
-  trajectories = stages.as_trajectories(samples)
-  lab = config.labeling
-  start = time.perf_counter()
-  mc = labeling.monte_carlo_labels(
-      model_config, params, tokenizer, trajectories,
-      lambda m, text: task.check(samples[m]["problem"], text).solved,
-      rollouts_per_step=lab.rollouts, max_new_tokens=config.sampling.max_new_tokens,
-      rng=jax.random.key(config.seed + 2), temperature=config.sampling.temperature,
-      rows_per_batch=lab.rows_per_batch, mesh=mesh,
-      progress=stages.progress("Monte Carlo rollouts"))
-  oracle = [task.check(s["problem"], s["steps"]).prefix_labels for s in samples]
-  return {"mc_soft": mc.soft, "mc_hard": mc.hard, "oracle": oracle, "rollouts": mc.rollouts,
-          "generated_tokens": mc.generated_tokens, "seconds": time.perf_counter() - start}
 
 
 def _label_agreement(labels) -> dict:
@@ -90,7 +74,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   prm_samples = [s for s in samples["prm"]["samples"] if s["steps"]]
 
   # 4. Step labels: Monte Carlo (soft, hard) and the oracle's.
-  labels = stages.stage(workdir, "labels.json", lambda: _labels(
+  labels = stages.stage(workdir, "labels.json", lambda: stages.monte_carlo_labels(
       config, task, model_config, policy_params, tokenizer, prm_samples, mesh))
 
   # 5. PRM and ORM, both initialised from the policy. Batches have a row per step of the

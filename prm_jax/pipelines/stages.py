@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from prm_jax import config_lib, files, policy, train
+from prm_jax import config_lib, files, labeling, policy, train
 from prm_jax.data import CharTokenizer, Trajectory, pipeline
 from prm_jax.data.tasks import generate_corpus
 from prm_jax.data.tokenize import prompt_ids
@@ -163,6 +163,26 @@ def sample(config, task, model_config, params, tokenizer, problems, num_samples:
   samples = [verdict_record(task, problem, text)
              for problem, texts in zip(problems, solutions.texts) for text in texts]
   return {"samples": samples, "generated_tokens": solutions.generated_tokens}
+
+
+def monte_carlo_labels(config, task, model_config, params, tokenizer, samples: Sequence[dict],
+                       mesh) -> dict:
+  """Math-Shepherd step labels of `samples` (`config.labeling.rollouts` rollouts from every
+  step prefix, at `config.sampling`'s temperature): `{"mc_soft", "mc_hard"}` per step, the
+  checker's `"oracle"` prefix labels for comparison, and the cost (`rollouts`,
+  `generated_tokens`, `seconds`)."""
+  trajectories = as_trajectories(samples)
+  lab = config.labeling
+  start = time.perf_counter()
+  mc = labeling.monte_carlo_labels(
+      model_config, params, tokenizer, trajectories,
+      lambda m, text: task.check(samples[m]["problem"], text).solved,
+      rollouts_per_step=lab.rollouts, max_new_tokens=config.sampling.max_new_tokens,
+      rng=jax.random.key(config.seed + 2), temperature=config.sampling.temperature,
+      rows_per_batch=lab.rows_per_batch, mesh=mesh, progress=progress("Monte Carlo rollouts"))
+  oracle = [task.check(s["problem"], s["steps"]).prefix_labels for s in samples]
+  return {"mc_soft": mc.soft, "mc_hard": mc.hard, "oracle": oracle, "rollouts": mc.rollouts,
+          "generated_tokens": mc.generated_tokens, "seconds": time.perf_counter() - start}
 
 
 def as_trajectories(samples: Sequence[dict]) -> list[Trajectory]:
