@@ -47,13 +47,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         eval_samples=2 if smoke else 4,  # Sampled test solutions per problem per evaluation.
         target_accuracy=0.8,  # "Steps to target": first evaluation with sampled acc. >= it.
         train=config_lib.train_section(
-            total_steps=4 if smoke else 150, learning_rate=3e-4, warmup_steps=0 if smoke else 10,
+            total_steps=4 if smoke else 150, learning_rate=1e-4, warmup_steps=0 if smoke else 10,
             final_lr_fraction=1.0, log_every=1 if smoke else 5, eval_every=2 if smoke else 25,
             checkpoint_every=2 if smoke else 50)))
     config.rollout = config_lib.dataclass_section(
         online.RolloutConfig, prompts_per_step=4 if smoke else 16,
         group_size=4 if smoke else 8, max_new_tokens=config.sampling.max_new_tokens,
-        temperature=config.sampling.temperature, seed=0)
+        temperature=config.sampling.temperature)
+    del config.rollout["seed"]  # The pipeline seeds the rollouts with `config.seed`.
     config.grpo = config_lib.dataclass_section(
         grpo.GRPOConfig, eps_low=0.2, eps_high=0.28, aggregation="token", kl_coef=1e-3)
     config.dpo = config_lib.dataclass_section(dpo.DPOConfig)

@@ -362,16 +362,14 @@ class OnlineSource:
 
   def _keep(self, scores: Scores) -> np.ndarray:
     """`[groups]` bool: the groups that carry a learning signal (or all of them)."""
-    groups = len(scores.rewards if scores.rewards is not None else scores.step_rewards)
-    groups //= self.config.group_size
+    size = self.config.group_size
     if self.is_dpo:
-      return np.asarray(dpo.preference_pairs(scores.rewards, self.config.group_size)[2])
-    if not self.objective.dynamic_sampling:
-      return np.ones(groups, bool)
+      return np.asarray(dpo.preference_pairs(scores.rewards, size)[2])
     if scores.step_rewards is not None:
-      return np.asarray(grpo.keep_groups(scores.step_rewards, self.config.group_size,
-                                         scores.step_mask))
-    return np.asarray(grpo.keep_groups(scores.rewards, self.config.group_size))
+      keep = grpo.keep_groups(scores.step_rewards, size, scores.step_mask)
+    else:
+      keep = grpo.keep_groups(scores.rewards, size)
+    return np.asarray(keep) | (not self.objective.dynamic_sampling)
 
   def _rollout_batch(self, params) -> dict:
     """Sample and score rounds until `prompts_per_step` groups carry a signal (or

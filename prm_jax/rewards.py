@@ -196,14 +196,20 @@ def prm_scores(samples: Samples, prm: PRM, aggregation: str) -> np.ndarray:
 def aggregate(steps: Sequence[np.ndarray], aggregation: str) -> np.ndarray:
   """`[R]` solution scores from ragged step scores (`kernels.aggregate_step_scores`); a
   solution without steps scores 0."""
-  width = max(1, max((len(s) for s in steps), default=1))
-  padded = np.zeros((len(steps), width), np.float32)
-  mask = np.zeros(padded.shape, bool)
-  for row, scores in enumerate(steps):
-    padded[row, :len(scores)] = scores
-    mask[row, :len(scores)] = True
+  padded, mask = _pad(steps, np.float32)
   score = np.asarray(aggregate_step_scores(padded, mask, aggregation))
   return np.where(np.isfinite(score), score, 0.0).astype(np.float32)
+
+
+def _pad(rows: Sequence[np.ndarray], dtype) -> tuple[np.ndarray, np.ndarray]:
+  """Ragged rows as `([R, S], mask [R, S])`, S = the longest row (at least 1)."""
+  width = max(1, max((len(r) for r in rows), default=1))
+  padded = np.zeros((len(rows), width), dtype)
+  mask = np.zeros(padded.shape, bool)
+  for index, row in enumerate(rows):
+    padded[index, :len(row)] = row
+    mask[index, :len(row)] = True
+  return padded, mask
 
 
 @register("outcome")
@@ -226,13 +232,8 @@ def mix(samples: Samples, settings: RewardSettings) -> np.ndarray:
 @register("prm_steps")
 def prm_steps(samples: Samples, settings: RewardSettings) -> StepRewards:
   steps = _needs_prm(settings).step_scores(samples)
-  width = max(1, max(len(s) for s in steps))
-  values, ends = np.zeros((len(steps), width), np.float32), np.zeros((len(steps), width), np.int32)
-  mask = np.zeros(values.shape, bool)
-  for row, scores in enumerate(steps):
-    values[row, :len(scores)] = scores
-    ends[row, :len(scores)] = samples.step_ends[row]
-    mask[row, :len(scores)] = True
+  values, mask = _pad(steps, np.float32)
+  ends, _ = _pad([e[:len(s)] for e, s in zip(samples.step_ends, steps)], np.int32)
   return StepRewards(values, mask, ends)
 
 

@@ -58,7 +58,7 @@ def _settings(config):
   """The typed sections, validated before anything runs (bad values name their field)."""
   if config.rl.method not in METHODS:
     raise ValueError(f"rl.method={config.rl.method!r} is not one of {METHODS}")
-  rollout = config_lib.from_section(online.RolloutConfig, config.rollout)
+  rollout = online.RolloutConfig(seed=config.seed, **config.rollout.to_dict())
   objective = (config_lib.from_section(grpo.GRPOConfig, config.grpo) if config.rl.method == "grpo"
                else config_lib.from_section(dpo.DPOConfig, config.dpo))
   rewards.RewardSettings(**config.reward.to_dict())  # Checks name, aggregation, beta.
