@@ -77,8 +77,8 @@ def test_filler_pairs_do_not_count():
            "pair_weight": np.array([1.5, 1.5, 0.0], np.float32)}
   config = dpo.DPOConfig(beta=0.2)
   loss, metrics = dpo.dpo_objective(token_logps, batch, config)
-  real = {"completion_mask": batch["completion_mask"][:2], "ref_logprobs": batch["ref_logprobs"][:2],
-          "pair_weight": np.ones(2, np.float32)}
+  real = {"completion_mask": batch["completion_mask"][:2],
+          "ref_logprobs": batch["ref_logprobs"][:2], "pair_weight": np.ones(2, np.float32)}
   np.testing.assert_allclose(float(loss), float(dpo.dpo_objective(token_logps[:2], real,
                                                                   config)[0]), rtol=1e-6)
   assert float(metrics["pairs"]) == 2
