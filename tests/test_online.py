@@ -96,8 +96,8 @@ RESUME_CASES = {
             online.RolloutConfig(prompts_per_step=4, group_size=4, max_new_tokens=6,
                                  minibatches=2, epochs=2, seed=3)),
 }
-RESUME_TRAIN = train.TrainConfig(total_steps=9, learning_rate=3e-3, log_every=1,
-                                 checkpoint_every=3, keep_checkpoints=5, progress_every_s=0.0)
+RESUME_TRAIN = train.TrainConfig(total_steps=20, learning_rate=3e-3, log_every=1,
+                                 checkpoint_every=5, keep_checkpoints=5, progress_every_s=0.0)
 
 
 def _resume_run(case, workdir, *, preempt_at=None):
@@ -119,11 +119,12 @@ def _resume_run(case, workdir, *, preempt_at=None):
 @pytest.mark.parametrize("case", sorted(RESUME_CASES))
 def test_stopped_run_resumes_bitwise(case, tmp_path):
   straight, straight_source = _resume_run(case, tmp_path / "straight")
-  with pytest.raises(Preempted):  # Killed after the step-6 checkpoint, mid-rollout (4 steps each).
-    _resume_run(case, tmp_path / "stopped", preempt_at=6)
-  assert sorted(os.listdir(tmp_path / "stopped" / "checkpoints")) == ["3", "6"]
+  # Killed after the step-10 checkpoint, mid-rollout (a rollout serves steps 9-12).
+  with pytest.raises(Preempted):
+    _resume_run(case, tmp_path / "stopped", preempt_at=10)
+  assert sorted(os.listdir(tmp_path / "stopped" / "checkpoints")) == ["10", "5"]
   resumed, resumed_source = _resume_run(case, tmp_path / "stopped")  # A fresh source object.
-  assert [r["step"] for r in resumed.history] == list(range(7, 10))
+  assert [r["step"] for r in resumed.history] == list(range(11, 21))
   _assert_trees_equal(resumed.state.params, straight.state.params)
   _assert_trees_equal(resumed.state.opt_state, straight.state.opt_state)
   _assert_trees_equal(resumed_source.get_state(), straight_source.get_state())
