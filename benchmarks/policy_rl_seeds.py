@@ -72,6 +72,8 @@ def summary(seeds: list[int], runs: dict[str, list[dict]]) -> str:
                     acc))
   lines.append(_row("SFT policy, greedy", [r["initial"]["greedy_accuracy"] for r in first],
                     acc))
+  lines.append(_row("SFT policy, test PRM gap", [r["initial"]["prm_gap"] for r in first],
+                    lambda v: f"{v:+.3f}"))
   for name, results in runs.items():
     final = lambda key: [r["final"][key] for r in results]
     best = [max(r["curves"]["test"]["sampled_accuracy"]) for r in results]
