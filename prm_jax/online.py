@@ -401,10 +401,15 @@ class OnlineSource:
     return batch
 
   def _gather(self, rounds, groups) -> tuple[Rollouts, Scores]:
-    """The rows of the chosen `(round, group)`s, in order, as one Rollouts and Scores."""
+    """The rows of the chosen `(round, group)`s, in order, as one Rollouts and Scores
+    (step fields padded to the widest round's steps)."""
     size = self.config.group_size
+
     def pick(get):
-      return np.concatenate([get(rounds[r])[g * size:(g + 1) * size] for r, g in groups])
+      width = max(get(round_).shape[1:] for round_ in rounds)
+      pad = lambda x: np.pad(x, [(0, 0)] + [(0, w - d) for w, d in zip(width, x.shape[1:])])
+      return np.concatenate([pad(get(rounds[r])[g * size:(g + 1) * size]) for r, g in groups])
+
     rollouts = Rollouts(**{field.name: pick(lambda rs, n=field.name: getattr(rs[0], n))
                            for field in dataclasses.fields(Rollouts)})
     first = rounds[0][1]

@@ -210,3 +210,27 @@ def test_keeps_no_reference_without_kl():
   source = _source(grpo.GRPOConfig(kl_coef=0.0), _mesh1(), reference=params)
   assert source._reference is None  # pylint: disable=protected-access
   assert "ref_logprobs" not in source.next_batch(params)
+
+
+def test_kept_groups_of_rounds_with_different_step_counts_are_padded():
+  """Dynamic sampling with step rewards gathers groups from rounds whose widest completion
+  has different numbers of steps: the step fields are padded, not concatenated ragged."""
+  source = object.__new__(online.OnlineSource)
+  source.config = online.RolloutConfig(group_size=2)
+
+  def round_(steps, value):
+    rollouts = online.Rollouts(
+        prompt_index=np.arange(4), tokens=np.full((4, 3), value, np.int32),
+        lengths=np.full(4, 3, np.int32), finished=np.ones(4, bool),
+        logprobs=np.zeros((4, 3), np.float32), entropy=np.zeros((4, 3), np.float32))
+    scores = online.Scores(step_rewards=np.full((4, steps), value, np.float32),
+                           step_mask=np.ones((4, steps), bool),
+                           step_ends=np.zeros((4, steps), np.int32))
+    return rollouts, scores
+
+  rollouts, scores = source._gather([round_(2, 1), round_(3, 2)],  # pylint: disable=protected-access
+                                    [(0, 1), (1, 0)])
+  np.testing.assert_array_equal(rollouts.tokens[:, 0], [1, 1, 2, 2])
+  np.testing.assert_array_equal(scores.step_rewards, [[1, 1, 0], [1, 1, 0], [2, 2, 2], [2, 2, 2]])
+  np.testing.assert_array_equal(scores.step_mask.sum(axis=1), [2, 2, 3, 3])
+  assert scores.rewards is None
