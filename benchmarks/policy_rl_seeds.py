@@ -1,7 +1,7 @@
 """The online RL claim over seeds: do PRM-shaped rewards beat the outcome reward?
 
     python benchmarks/policy_rl_seeds.py --seeds 0 1 2 --workdir runs/policy_rl_seeds \
-        [--settings outcome mix prm prm_steps dpo] [--config.rl.train.total_steps=100 ...]
+        [--settings outcome mix prm_only prm_steps dpo] [--config.rl.train.total_steps=100 ...]
 
 For every seed, one workdir (`seed_<S>`: the shared stages, SFT policy and PRM, run once)
 and one run per setting, each `launch.py --config experiments/grpo.py` (or
@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = {
     "outcome": ("grpo.py", ["--config.reward.name=outcome"]),
     "mix": ("grpo.py", ["--config.reward.name=mix", "--config.reward.beta=0.5"]),
-    "prm": ("grpo.py", ["--config.reward.name=prm"]),
+    "prm_only": ("grpo.py", ["--config.reward.name=prm"]),
     "prm_steps": ("grpo.py", ["--config.reward.name=prm_steps"]),
     "dpo": ("online_dpo.py", ["--config.reward.name=prm"]),
 }

@@ -75,6 +75,7 @@ def test_grpo_and_online_dpo_runs_write_every_artefact(smoke):
     ("--config.reward.beta=1.5", "reward.beta=1.5 must be in [0, 1]"),
     ("--config.rollout.group_size=1", "rollout.group_size must be >= 2"),
     ("--config.reward.name=prm_stepz", "reward.name='prm_stepz' is not a registered reward"),
+    ("--config.rl.name=prm", "rl.name='prm' is not a usable run directory"),
 ])
 def test_bad_settings_fail_before_any_work_naming_the_field(override, message, tmp_path):
   done = _launch(*GRPO, override, workdir=tmp_path)

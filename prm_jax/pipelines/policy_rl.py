@@ -45,13 +45,20 @@ METHODS = ("grpo", "dpo")
 RUN_RESULTS = "results.json"
 
 
+STAGE_DIRECTORIES = ("policy", "prm")  # Training stages' workdirs: no run may use them.
+
+
 def run_name(config: ml_collections.ConfigDict) -> str:
   """`rl.name`, or `<method>_<reward>` (`_b<beta>` for a mix)."""
-  if config.rl.name:
-    return config.rl.name
-  reward = config.reward.name + (f"_b{config.reward.beta:g}" if config.reward.name == "mix"
-                                 else "")
-  return f"{config.rl.method}_{reward}"
+  name = config.rl.name
+  if not name:
+    reward = config.reward.name + (f"_b{config.reward.beta:g}" if config.reward.name == "mix"
+                                   else "")
+    name = f"{config.rl.method}_{reward}"
+  if name in STAGE_DIRECTORIES or os.sep in name or name.startswith("."):
+    raise ValueError(f"rl.name={name!r} is not a usable run directory: runs live next to "
+                     f"the stages {STAGE_DIRECTORIES} in the workdir; choose another name")
+  return name
 
 
 def _settings(config):
@@ -148,6 +155,7 @@ def _train(config, model_config, tokenizer, task, problems, policy_params, prm, 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   rollout, _, _ = _settings(config)
+  name = run_name(config)
   mesh = config_lib.make_mesh(config.mesh)
   task = get_task(config.task.name, **{k: v for k, v in config.task.items() if k != "name"})
   model_config, init_params, tokenizer = stages.policy_model(config)
@@ -190,7 +198,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   initial = stages.stage(workdir, "policy_eval.json", lambda: evaluator(policy_params))
 
   # 5. The RL run.
-  name = run_name(config)
   stages.stage(workdir, os.path.join(name, RUN_RESULTS), lambda: _train(
       config, model_config, tokenizer, task, problems, policy_params, prm, evaluator,
       os.path.join(workdir, name), mesh, initial))
