@@ -7,8 +7,11 @@ position. The trainer saves two items (`prm_jax.train.checkpoint_items`):
                fine-tuning from another run, export);
   train_state  `{"step", "opt_state", "rng"}`, the rest of the `TrainState`;
 
-and `data`, the grain iterator position (one JSON file per process, grain's orbax
-handler) when training reads a grain iterator.
+and `data`, the position of the batch source when it has one: a grain iterator's (one JSON
+file per process, grain's orbax handler) or the state of any other source with
+`get_state() -> pytree of NumPy arrays` and `set_state(pytree)` (e.g. the online RL source,
+`prm_jax.online`: prompt position, rollout RNG, the rollout batch being served), saved as a
+pytree (written once: such a state must be the same on every process).
 
 Atomicity comes from orbax: a save is written to `<step>.orbax-checkpoint-tmp-*` and
 renamed to `<step>` only when complete, so a run killed mid-save leaves a tmp directory
@@ -42,8 +45,11 @@ class CheckpointError(RuntimeError):
 
 
 def has_data_state(iterator: Any) -> bool:
-  """Whether `iterator`'s position can be checkpointed (a grain iterator)."""
-  return isinstance(iterator, GRAIN_ITERATORS)
+  """Whether `iterator`'s position can be checkpointed: a grain iterator, or any object with
+  `get_state()` and `set_state(state)` (module docstring)."""
+  return isinstance(iterator, GRAIN_ITERATORS) or (
+      callable(getattr(iterator, "get_state", None))
+      and callable(getattr(iterator, "set_state", None)))
 
 
 class Checkpointer:
@@ -82,8 +88,10 @@ class Checkpointer:
   def save(self, step: int, items: dict[str, Any], data_iterator: Any = None) -> None:
     """Start saving the pytrees `items` (and the iterator position, if any) as `step`."""
     args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
-    if has_data_state(data_iterator):
+    if isinstance(data_iterator, GRAIN_ITERATORS):
       args[DATA_ITEM] = grain.checkpoint.CheckpointSave(data_iterator)
+    elif has_data_state(data_iterator):
+      args[DATA_ITEM] = ocp.args.StandardSave(data_iterator.get_state())
     self._manager.save(step, args=ocp.args.Composite(**args))
 
   def restore_latest(self, abstract_items: dict[str, Any], data_iterator: Any = None
@@ -91,7 +99,7 @@ class Checkpointer:
     """`(step, items)` of the newest readable checkpoint, or None if there is none.
 
     `abstract_items`: `{name: tree of jax.ShapeDtypeStruct}` with the target shardings.
-    A grain `data_iterator` is moved to the saved position. Unreadable checkpoints are
+    A `data_iterator` with state is moved to the saved position. Unreadable checkpoints are
     skipped with a warning and moved aside once an older one restores; if checkpoints
     exist but none restores, `CheckpointError` (nothing is moved).
     """
@@ -122,14 +130,18 @@ class Checkpointer:
                ) -> dict[str, Any]:
     args = {name: ocp.args.StandardRestore(tree) for name, tree in abstract_items.items()}
     saved_data = os.path.isdir(os.path.join(self.step_directory(step), DATA_ITEM))
+    grain_data = isinstance(data_iterator, GRAIN_ITERATORS)
     if saved_data and has_data_state(data_iterator):
-      args[DATA_ITEM] = grain.checkpoint.CheckpointRestore(data_iterator)
+      args[DATA_ITEM] = (grain.checkpoint.CheckpointRestore(data_iterator) if grain_data
+                         else ocp.args.StandardRestore())  # As saved: a NumPy pytree.
     elif saved_data or has_data_state(data_iterator):
       logging.warning("step %d: the data position is not restored (%s); the data order "
                       "differs from an uninterrupted run", step,
-                      "the iterator is not a grain iterator" if saved_data else
+                      "the batch source has no state" if saved_data else
                       "the checkpoint has none")
     restored = self._manager.restore(step, args=ocp.args.Composite(**args))
+    if saved_data and has_data_state(data_iterator) and not grain_data:
+      data_iterator.set_state(restored[DATA_ITEM])
     return {name: restored[name] for name in abstract_items}
 
   def _set_aside(self, steps: list[int]) -> None:

@@ -36,6 +36,16 @@ def train_section(**overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dataclasses.asdict(TrainConfig(**overrides)))
 
 
+def dataclass_section(cls, **overrides) -> ml_collections.ConfigDict:
+  """All fields of the config dataclass `cls` (e.g. `online.RolloutConfig`): its defaults,
+  overridden; `from_section(cls, section)` builds it back (validated)."""
+  return ml_collections.ConfigDict(dataclasses.asdict(cls(**overrides)))
+
+
+def from_section(cls, section: ml_collections.ConfigDict):
+  return cls(**section.to_dict())
+
+
 def mesh_section(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({"data": data, "fsdp": fsdp, "tensor": tensor})
 

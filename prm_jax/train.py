@@ -6,8 +6,8 @@ jitted with explicit shardings and the state donated. `train_loop` is the one lo
 pipeline runs, linear and readable (big_vision style):
 
     mesh -> restore the workdir's checkpoint, or initialise -> for each step:
-    global batch -> jitted step -> metrics (jsonl, TensorBoard, console) ->
-    checkpoint -> evaluators
+    global batch (read, or sampled with the current parameters by an online source) ->
+    jitted step -> metrics (jsonl, TensorBoard, console) -> checkpoint -> evaluators
 
 It keeps no global state, so a pipeline may call it several times in one process (one
 workdir each), and returns the final state and the records it logged.
@@ -19,7 +19,7 @@ import contextlib
 import dataclasses
 import os
 import time
-from typing import Any, Callable, Iterator, Mapping, NamedTuple
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Protocol, runtime_checkable
 
 import flax.struct
 import jax
@@ -202,6 +202,17 @@ def jit_train_step(train_step, shardings: TrainState, batch_example, mesh: Mesh,
 Evaluator = Callable[[Any], Mapping[str, float]]
 """`evaluator(params) -> {metric name: value}`, run every `TrainConfig.eval_every` steps."""
 
+
+@runtime_checkable
+class OnlineBatches(Protocol):
+  """A batch source that needs the current parameters: `next_batch(params)` returns this
+  process's rows of the next global batch (e.g. sampled with `params`: RL, `prm_jax.online`).
+  With `get_state()` / `set_state(state)` its state is checkpointed like a data position."""
+
+  def next_batch(self, params) -> dict:
+    ...
+
+
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -302,7 +313,8 @@ def state_from_items(items: Mapping[str, Any]) -> TrainState:
                     opt_state=rest["opt_state"], rng=rest["rng"])
 
 
-def train_loop(model_config: models.ModelConfig, loss_fn: LossFn, batches: Iterator[dict], *,
+def train_loop(model_config: models.ModelConfig, loss_fn: LossFn,
+               batches: Iterator[dict] | OnlineBatches, *,
                config: TrainConfig, workdir: str, mesh: Mesh | None = None,
                evaluators: Mapping[str, Evaluator] | None = None, init_params=None,
                rules=parallel.LOGICAL_AXIS_RULES) -> TrainResult:
@@ -313,9 +325,11 @@ def train_loop(model_config: models.ModelConfig, loss_fn: LossFn, batches: Itera
       params is `dtype="bfloat16", param_dtype="float32"`).
     loss_fn: `loss_fn(params, batch, rng) -> (loss, metrics)`, traced once.
     batches: iterator of *this process's rows* of each global batch, dicts of `[b, ...]`
-      numpy arrays (`parallel.make_global_batch` assembles the global batch). A grain
-      iterator's position is checkpointed and restored; if it runs out, training stops
-      early. Every batch must have the same shapes (one compilation).
+      numpy arrays (`parallel.make_global_batch` assembles the global batch), or an
+      `OnlineBatches` source, asked for each batch with the current parameters. A grain
+      iterator's position, or the state of a source with `get_state` / `set_state`, is
+      checkpointed and restored; if the batches run out, training stops early. Every
+      batch must have the same shapes (one compilation).
     config: optimizer, schedule and cadence.
     workdir: checkpoints (`checkpoints/`), `metrics.jsonl` and `tensorboard/` go here;
       if it holds a checkpoint, training resumes from it exactly (params, optimizer
@@ -402,7 +416,8 @@ def train_loop(model_config: models.ModelConfig, loss_fn: LossFn, batches: Itera
 
     for step in range(start + 1, config.total_steps + 1):
       try:
-        local_batch = next(batches)
+        local_batch = (batches.next_batch(state.params) if isinstance(batches, OnlineBatches)
+                       else next(batches))
       except StopIteration:
         logging.warning("the data ran out after step %d of %d; stopping there", step - 1,
                         config.total_steps)

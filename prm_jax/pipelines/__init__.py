@@ -12,6 +12,7 @@ from typing import Callable
 PIPELINES: dict[str, str] = {
     "edu_prm": "prm_jax.pipelines.edu_prm",
     "edu_profile": "prm_jax.pipelines.edu_profile",
+    "policy_rl": "prm_jax.pipelines.policy_rl",
     "prm_train": "prm_jax.pipelines.prm_train",
     "quickstart": "prm_jax.pipelines.quickstart",
 }
