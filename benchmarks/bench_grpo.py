@@ -35,14 +35,13 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from worker import run_worker
+
 SHAPES = {
     "policy": dict(vocab_size=99, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=4,
                    head_dim=32, mlp_dim=384),
@@ -160,14 +159,9 @@ def _variants(cores: int) -> dict[str, dict]:
 
 
 def _run_worker(shape: str, variant: dict, steps: int, warmup: int) -> dict:
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={variant.get('devices', 1)}"
-  command = [sys.executable, os.path.abspath(__file__), "--worker", variant["worker"],
-             "--shapes", shape, "--steps", str(steps), "--warmup", str(warmup)]
-  done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-  if done.returncode:
-    raise RuntimeError(f"{variant} failed:\n{done.stderr[-3000:]}")
-  return json.loads(done.stdout.strip().splitlines()[-1])
+  return run_worker(__file__, ["--worker", variant["worker"], "--shapes", shape, "--steps",
+                               str(steps), "--warmup", str(warmup)],
+                    devices=variant.get("devices", 1))
 
 
 def main():

@@ -39,14 +39,13 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from worker import run_worker
+
 STEP_EVERY = 16  # Tokens per reasoning step in the synthetic data.
 
 # name -> (registered model or explicit fields, batch, seq)
@@ -165,16 +164,12 @@ def _variants(cores: int) -> dict[str, dict]:
 
 
 def _run_worker(shape: str, variant: dict, steps: int, warmup: int) -> dict:
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={variant.get('devices', 1)} "
-                      + os.environ.get("BENCH_XLA_FLAGS", "")).strip()
-  command = [sys.executable, os.path.abspath(__file__), "--worker", variant["worker"],
-             "--shapes", shape, "--steps", str(steps), "--warmup", str(warmup),
-             "--dtype", variant.get("dtype", "float32"), "--remat", variant.get("remat", "none")]
-  done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-  if done.returncode:
-    raise RuntimeError(f"{variant} on {shape} failed:\n{done.stderr[-3000:]}")
-  return json.loads(done.stdout.strip().splitlines()[-1])
+  return run_worker(__file__, ["--worker", variant["worker"], "--shapes", shape, "--steps",
+                               str(steps), "--warmup", str(warmup), "--dtype",
+                               variant.get("dtype", "float32"), "--remat",
+                               variant.get("remat", "none")],
+                    devices=variant.get("devices", 1),
+                    xla_flags=os.environ.get("BENCH_XLA_FLAGS", ""))
 
 
 def main():
