@@ -10,10 +10,13 @@ import jax
 import numpy as np
 import optax
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 from prm_jax import metric_writer, models, online, parallel, train
 from prm_jax.objectives import dpo, grpo
+from tests.tree_helper import assert_trees_equal
+
+# Every train_loop call jits anew (as a restarted process does): compiles cached on disk.
+pytestmark = pytest.mark.usefixtures("persistent_compilation_cache")
 
 VOCAB, TARGET = 16, 5
 MODEL = models.get_model_config("tiny", vocab_size=VOCAB, max_seq_len=64)
@@ -51,22 +54,6 @@ def _loss(objective, rollout):
   return grpo.make_grpo_loss(MODEL, objective, temperature=rollout.temperature)
 
 
-def _assert_trees_equal(a, b):
-  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(tmp_path_factory):
-  """Every train_loop call jits anew (as a restarted process does): cache the compiles."""
-  options = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-  saved = {name: getattr(jax.config, name) for name in options}
-  jax.config.update(options[0], str(tmp_path_factory.mktemp("xla_cache")))
-  jax.config.update(options[1], 0)
-  compilation_cache.reset_cache()
-  yield
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
 
 
 def test_grpo_raises_a_reward_that_prefers_one_token_to_0_9_within_40_steps(tmp_path):
@@ -125,9 +112,9 @@ def test_stopped_run_resumes_bitwise(case, tmp_path):
   assert sorted(os.listdir(tmp_path / "stopped" / "checkpoints")) == ["10", "5"]
   resumed, resumed_source = _resume_run(case, tmp_path / "stopped")  # A fresh source object.
   assert [r["step"] for r in resumed.history] == list(range(11, 21))
-  _assert_trees_equal(resumed.state.params, straight.state.params)
-  _assert_trees_equal(resumed.state.opt_state, straight.state.opt_state)
-  _assert_trees_equal(resumed_source.get_state(), straight_source.get_state())
+  assert_trees_equal(resumed.state.params, straight.state.params)
+  assert_trees_equal(resumed.state.opt_state, straight.state.opt_state)
+  assert_trees_equal(resumed_source.get_state(), straight_source.get_state())
   records = lambda d: [r for r in metric_writer.read_metrics(str(d)) if "train/loss" in r]
   assert records(tmp_path / "stopped") == records(tmp_path / "straight")
   if case == "grpo":

@@ -15,11 +15,14 @@ import grain
 import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 from prm_jax import checkpoint, metric_writer, models, parallel, train
 from prm_jax.objectives.prm import make_prm_loss
 from prm_jax.pipelines import toy_data
+from tests.tree_helper import assert_trees_equal
+
+# Every train_loop call jits anew (as a restarted process does): compiles cached on disk.
+pytestmark = pytest.mark.usefixtures("persistent_compilation_cache")
 
 MODEL = models.get_model_config("tiny", max_seq_len=32)
 CONFIG = train.TrainConfig(total_steps=20, learning_rate=3e-3, warmup_steps=3, log_every=1,
@@ -72,21 +75,6 @@ def _losses(workdir):
           if "train/loss" in r]
 
 
-def _assert_trees_equal(a, b):
-  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(tmp_path_factory):
-  options = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-  saved = {name: getattr(jax.config, name) for name in options}
-  jax.config.update(options[0], str(tmp_path_factory.mktemp("xla_cache")))
-  jax.config.update(options[1], 0)
-  compilation_cache.reset_cache()  # Re-read the settings (they are read once).
-  yield
-  for name, value in saved.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +101,8 @@ def test_resumed_run_equals_uninterrupted_run_bitwise(straight, interrupted, tmp
   resumed = _train(tmp_path, _mesh8())  # Same command, same workdir, fresh data iterator.
   assert int(resumed.state.step) == 20
   assert [r["step"] for r in resumed.history] == list(range(11, 21))
-  _assert_trees_equal(resumed.state.params, straight_state.params)
-  _assert_trees_equal(resumed.state.opt_state, straight_state.opt_state)
+  assert_trees_equal(resumed.state.params, straight_state.params)
+  assert_trees_equal(resumed.state.opt_state, straight_state.opt_state)
   assert _losses(tmp_path) == _losses(straight_dir)  # 1..20, each once.
   assert os.listdir(tmp_path / "tensorboard")
 
@@ -141,7 +129,7 @@ def test_half_written_and_corrupt_checkpoints_are_skipped(straight, interrupted,
   assert not (ckpt / "15.orbax-checkpoint-tmp-1234").exists()
   # Resumed from step 5 (data position included): the same run as the straight one.
   assert [r["step"] for r in resumed.history] == list(range(6, 21))
-  _assert_trees_equal(resumed.state.params, straight_state.params)
+  assert_trees_equal(resumed.state.params, straight_state.params)
   assert _losses(tmp_path) == _losses(straight_dir)
 
 
@@ -152,21 +140,21 @@ def test_checkpoints_restore_across_meshes(straight, tmp_path):
   assert on_one.history == []
   leaf = on_one.state.params["layers"]["mlp"]["up"]["kernel"]
   assert leaf.sharding.mesh.devices.size == 1
-  _assert_trees_equal(on_one.state.params, straight_state.params)
+  assert_trees_equal(on_one.state.params, straight_state.params)
   # 1 device -> 8.
   one_device = _train(tmp_path, _mesh1()).state
   on_eight = _train(tmp_path, _mesh8()).state
   assert on_eight.params["layers"]["mlp"]["up"]["kernel"].sharding.spec == (
       parallel.param_shardings(MODEL, _mesh8())["layers"]["mlp"]["up"]["kernel"].spec)
-  _assert_trees_equal(on_eight.params, one_device.params)
-  _assert_trees_equal(on_eight.opt_state, one_device.opt_state)
+  assert_trees_equal(on_eight.params, one_device.params)
+  assert_trees_equal(on_eight.opt_state, one_device.opt_state)
 
 
 def test_params_restore_alone_and_bad_paths_are_named(straight, tmp_path):
   straight_dir, straight_state = straight
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           models.abstract_params(MODEL), parallel.param_shardings(MODEL, _mesh1()))
-  _assert_trees_equal(checkpoint.restore_params(str(straight_dir), abstract),
+  assert_trees_equal(checkpoint.restore_params(str(straight_dir), abstract),
                       straight_state.params)
   missing = tmp_path / "nowhere"
   with pytest.raises(checkpoint.CheckpointError, match=f"no checkpoint at {missing}"):
