@@ -80,7 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         exclude="default",
         # (tau in nats, leaves per query, PRM problems).
         budgets=((tau, 4, 32),) if smoke else (
-            (tau, 8, 1536), (tau, 8, 384), (tau, 8, 96), (low_tau, 8, 1536))))
+            (tau, 8, 1536), (tau, 8, 384), (low_tau, 8, 1536))))
     config.p_edu = ml_collections.ConfigDict(dict(
         prune_threshold=0.2, pruner=0 if smoke else 1,  # An index into edu.budgets.
         budgets=((tau, 4, 128),) if smoke else ((tau, 8, 1536),)))
