@@ -22,7 +22,7 @@ Then EDU tree sampling vs high-temperature sampling at test time (N = 4, 16, 64 
 samples, and at equal generated tokens), both scored by the PRM `test_time.prm` (default:
 the first Monte Carlo budget).
 
-Expected result (2-core CPU, about 21 minutes on an Intel Xeon VM; `benchmarks/RESULTS.md`
+Expected result (2-core CPU, 13 minutes on a quiet Intel Xeon VM; `benchmarks/RESULTS.md`
 has 3 seeds): PRM-weighted vote at N=16 ~0.93 for EDU tau 0.3 on all 1,536 problems from
 ~87k labeling tokens, ~0.91 for Monte Carlo k=4 from ~420k and k=1 from ~143k; EDU tree
 sampling ~0.95 from ~50 tokens per problem vs HT sampling ~0.92 at N=16 (~480 tokens).
