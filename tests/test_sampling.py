@@ -330,6 +330,74 @@ def test_halted_rows_resume_and_fork_without_recomputing(model, prompts, mesh_sh
   assert path == list(full[1])
 
 
+@pytest.mark.parametrize("mesh_shape", [None, (2, 2, 2)])
+def test_rows_continued_in_place_over_calls_equal_one_call(model, prompts, mesh_shape):
+  """A row decoded in pieces (`resume` with `dest`, `key_offsets` = its tokens so far)
+  draws exactly the tokens one call draws; rows not continued keep their caches."""
+  config, params = model
+  ids, mask = prompts
+  mesh = None if mesh_shape is None else parallel.make_mesh(*mesh_shape)
+  if mesh is not None:
+    params = jax.device_put(params, parallel.param_shardings(config, mesh))
+  n, cut = 12, 5
+  keys = jax.random.split(jax.random.key(4), 4)
+  common = dict(temperature=1.0, mesh=mesh)
+  full = _generate(config, params, ids, mask, max_new_tokens=n, rng=keys, **common)["tokens"]
+  first = sampling.continue_prefixes(
+      config, params, ids, mask, sources=np.arange(4), prefix_lengths=mask.sum(-1),
+      max_new_tokens=cut, rng=keys, keep_cache=True, room=n, **common)
+  tokens = np.asarray(first["tokens"])
+  np.testing.assert_array_equal(tokens, full[:, :cut])
+  # Rows 1 and 3 go on for 4 tokens; row 3's continuation replaces row 0; row 2's result
+  # (dest -1) is not kept.
+  second = sampling.resume(
+      config, params, first["row_cache"], sources=[1, 3, 2], next_tokens=tokens[[1, 3, 2], -1],
+      max_new_tokens=4, rng=keys[np.array([1, 3, 2])], key_offsets=[cut] * 3, dest=[1, 0, -1],
+      **common)
+  more = np.asarray(second["tokens"])
+  np.testing.assert_array_equal(more[:2], full[[1, 3], cut:cut + 4])
+  assert len(second["row_cache"].ends) == 4
+  # Row 2, untouched, and rows 0 and 1 (now rows 3 and 1 after 9 tokens) to the end.
+  third = sampling.resume(
+      config, params, second["row_cache"], sources=[0, 2, 1],
+      next_tokens=[more[1, -1], tokens[2, -1], more[0, -1]], max_new_tokens=n - cut,
+      limits=[n - cut - 4, n - cut, n - cut - 4], rng=keys[np.array([3, 2, 1])],
+      key_offsets=[cut + 4, cut, cut + 4], **common)
+  last = np.asarray(third["tokens"])
+  np.testing.assert_array_equal(last[0, :n - cut - 4], full[3, cut + 4:])
+  np.testing.assert_array_equal(last[1], full[2, cut:])
+  np.testing.assert_array_equal(last[2, :n - cut - 4], full[1, cut + 4:])
+  with pytest.raises(ValueError, match="dest must not repeat"):
+    sampling.resume(config, params, third["row_cache"], sources=[0, 1], next_tokens=[3, 3],
+                    max_new_tokens=2, dest=[2, 2], mesh=mesh)
+
+
+def test_grown_bf16_cache_resumes_like_the_original(model, prompts):
+  """`with_rows` keeps bf16 keys and values as their bits; resuming from (and writing into)
+  the grown cache gives what resuming the original gives."""
+  config, params = model
+  config = dataclasses.replace(config, dtype="bfloat16")
+  ids, mask = prompts
+  def first():
+    return sampling.continue_prefixes(config, params, ids, mask, sources=np.arange(4),
+                                      prefix_lengths=mask.sum(-1), max_new_tokens=4,
+                                      keep_cache=True, room=12)
+  made = first()
+  tokens = np.asarray(made["tokens"])
+  plain = sampling.resume(config, params, made["row_cache"], sources=[2, 0],
+                          next_tokens=tokens[[2, 0], -1], max_new_tokens=8)
+  grown = sampling.with_rows(config, first()["row_cache"], 6)
+  assert grown.cache["k"][0].dtype == np.uint16 and len(grown.ends) == 6
+  moved = sampling.resume(config, params, grown, sources=[2, 0], next_tokens=tokens[[2, 0], -1],
+                          max_new_tokens=8, dest=[5, 0])
+  np.testing.assert_array_equal(moved["tokens"], plain["tokens"])
+  again = sampling.resume(config, params, moved["row_cache"], sources=[5], max_new_tokens=4,
+                          next_tokens=[np.asarray(moved["tokens"])[0, -1]])
+  reference = sampling.resume(config, params, plain["row_cache"], sources=[0], max_new_tokens=4,
+                              next_tokens=[np.asarray(plain["tokens"])[0, -1]])
+  np.testing.assert_array_equal(again["tokens"], reference["tokens"])
+
+
 def test_limits_cut_rows_and_resume_is_checked(model, prompts):
   config, params = model
   ids, mask = prompts
@@ -344,7 +412,7 @@ def test_limits_cut_rows_and_resume_is_checked(model, prompts):
               limits=[7])
   kept = sampling.continue_prefixes(config, params, ids, mask, sources=[0], prefix_lengths=[9],
                                     max_new_tokens=STEPS, keep_cache=True)
-  with pytest.raises(ValueError, match="exceeds the room the cache was made with"):
+  with pytest.raises(ValueError, match="does not fit"):
     sampling.resume(config, params, kept["row_cache"], sources=[0], next_tokens=[3],
                     max_new_tokens=STEPS + 1)
   with pytest.raises(ValueError, match="sources must index the 1 rows"):

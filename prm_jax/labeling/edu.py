@@ -27,8 +27,11 @@ it is kept (nothing is left to save) and not scored.
 Cost. A child is decoded from a copy of its parent's KV cache cut at the anchor
 (`sampling.resume` with `keep`): no prefix is ever prefilled or decoded twice, and the
 token count of a tree is the number of distinct tree nodes generated (pruned branches
-included). Every row of a generation decodes to its end in one sampler call, so rows are
-never left waiting for others to reach a decision.
+included). The paths are scheduled like continuous batching (`_TreeBuilder`): every live
+path owns a row of one kept cache, each sampler call advances all running paths a few
+tokens in place, and a query's next generation starts as soon as its own generation has
+ended, in rows its ended paths gave back; so the decoding work follows the distinct
+tokens rather than the longest path of each generation.
 
     settings = EduConfig(tau=0.3, max_leaves=8, max_new_tokens=48, max_anchors=4, min_gap=2)
     trees = build_trees(config, params, tok, [prompt_ids(tok, p) for p in problems],
@@ -48,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prm_jax import models, sampling
+from prm_jax import models, parallel, sampling
 from prm_jax.data.schema import Trajectory
 from prm_jax.data.tokenizer import Tokenizer
 
@@ -176,15 +179,15 @@ class PruneCheck:
 class Tree:
   """The EDU tree of one query: its `leaves` (pruned paths excluded), the number of
   distinct tokens generated (`generated_tokens`, pruned branches included), the
-  `candidates` met and `anchors` taken, the P-EDU `checks`, and the sampler calls its
-  paths took (`rounds`: one per generation; two under P-EDU, halting and continuing)."""
+  `candidates` met and `anchors` taken, the P-EDU `checks` (in the order the children
+  were made), and its `generations` (the root's is 1)."""
 
   leaves: list[Leaf]
   generated_tokens: int
   candidates: int
   anchors: int
   checks: list[PruneCheck]
-  rounds: int
+  generations: int
 
   @property
   def pruned(self) -> int:
@@ -201,7 +204,8 @@ class _Path:
   count: int  # Candidates so far (as if each had branched): the rule's cap.
   last: int  # Its last candidate (or 0): the rule's gap.
   fresh: bool = False  # P-EDU: a child not yet past its first candidate.
-  row: int = -1  # Its row in the current `RowCache`.
+  row: int = -1  # Its row of the kept cache (-1: none).
+  fork: tuple | None = None  # (source row, kept slots) its next call first copies.
   candidates: list = dataclasses.field(default_factory=list)  # (position, H, top1, top2).
   halted: bool = False
   finished: bool = False
@@ -209,8 +213,10 @@ class _Path:
 
 
 def _bucket(rows: int) -> int:
-  """Row counts are padded to a power of two (>= 8): few distinct compiled shapes."""
-  return max(8, 1 << (rows - 1).bit_length())
+  """Row counts are padded to the next of 8, 12, 16, 24, 32, 48, ... (2^k and 1.5 * 2^k):
+  few distinct compiled shapes, at most a third of a call's rows padding."""
+  power = max(8, 1 << (rows - 1).bit_length())
+  return power * 3 // 4 if rows <= power * 3 // 4 and power > 8 else power
 
 
 @functools.lru_cache(maxsize=8)
@@ -239,7 +245,8 @@ def _prm_scores(prm, sequences: Sequence[list[int]], length: int) -> np.ndarray:
 def build_trees(config: models.ModelConfig, params, tokenizer: Tokenizer,
                 prompts: Sequence[Sequence[int]], edu: EduConfig, *, rng: jax.Array,
                 excluded: Sequence[int] | None = None, prm=None, queries_per_batch: int = 32,
-                mesh=None, progress: Callable[[int, int], None] | None = None) -> list[Tree]:
+                chunk: int = 16, mesh=None,
+                progress: Callable[[int, int], None] | None = None) -> list[Tree]:
   """One EDU tree per prompt (token ids, e.g. `prompt_ids(tokenizer, problem)` or a chat
   template's rendering).
 
@@ -247,14 +254,16 @@ def build_trees(config: models.ModelConfig, params, tokenizer: Tokenizer,
     config, params: the policy (stacked or `sampling.decode_params` layout).
     tokenizer: needs an EOS token (paths end there).
     edu: the tree settings.
-    rng: PRNG key; path p of query q draws its tokens of sampler call c from
-      `fold_in(fold_in(fold_in(rng, q), p), c)` (only used when `edu.temperature > 0`), so a
-      tree does not depend on the other queries of its batch.
+    rng: PRNG key; path p of query q (p in creation order) draws its token at position i
+      from `fold_in(fold_in(fold_in(rng, q), p), i)` (only used when `edu.temperature >
+      0`), so a tree depends neither on the other queries of its batch nor on `chunk`.
     excluded: token ids that are never anchors (default `excluded_token_ids(tokenizer)`).
     prm: `(model config, params)` of the PRM that prunes (P-EDU; needs
       `edu.prune_threshold`); it must share the policy's tokenizer.
-    queries_per_batch: queries decoded together (a fixed shape: one compile per sampler
-      call size).
+    queries_per_batch: queries decoded together; their paths share one kept KV cache of
+      `queries_per_batch * edu.max_leaves` rows (lower it if that does not fit).
+    chunk: tokens each sampler call advances a path (`_TreeBuilder`): smaller wastes fewer
+      steps past paths' ends and starts children sooner, larger makes fewer calls.
     mesh: run the sampler data- and tensor-parallel on it.
     progress: called with (queries done, total) after each batch.
   """
@@ -266,6 +275,8 @@ def build_trees(config: models.ModelConfig, params, tokenizer: Tokenizer,
                      "neither")
   if queries_per_batch < 1:
     raise ValueError(f"queries_per_batch={queries_per_batch} must be >= 1")
+  if chunk < 1:
+    raise ValueError(f"chunk={chunk} must be >= 1")
   if excluded is None:
     excluded = excluded_token_ids(tokenizer)
   rule = AnchorRule(tau=float(edu.tau), min_gap=edu.min_gap, max_anchors=edu.max_anchors,
@@ -279,7 +290,8 @@ def build_trees(config: models.ModelConfig, params, tokenizer: Tokenizer,
   trees = []
   for start in range(0, len(prompts), queries_per_batch):
     batch = list(range(start, min(start + queries_per_batch, len(prompts))))
-    builder = _TreeBuilder(config, params, tokenizer, prompts, batch, edu, rule, rng, prm, mesh)
+    builder = _TreeBuilder(config, params, tokenizer, prompts, batch, edu, rule, rng, prm, mesh,
+                           chunk)
     trees += builder.run(queries_per_batch)
     if progress is not None:
       progress(batch[-1] + 1, len(prompts))
@@ -287,31 +299,56 @@ def build_trees(config: models.ModelConfig, params, tokenizer: Tokenizer,
 
 
 class _TreeBuilder:
-  """The trees of one batch of queries (indices into `prompts`), decoded together."""
+  """The trees of one batch of queries (indices into `prompts`), decoded together.
 
-  def __init__(self, config, params, tokenizer, prompts, batch, edu, rule, rng, prm, mesh):
+  Scheduling. Every live path has its own row of one kept cache (`sampling.RowCache`,
+  `len(batch) * max_leaves` rows: a query never has more live paths than leaves). Each
+  sampler call advances every running path by up to `chunk` tokens, in place
+  (`sampling.resume` with `dest`), and starts the children of every query whose
+  generation has ended, each forked from its parent's row. A query waits only for its own
+  paths, a row decodes at most `chunk - 1` steps past its path's end, and the rows of
+  ended paths go to new children: the work follows the tree's distinct tokens, not the
+  longest path of a generation times its width. A path draws its tokens by its query, its
+  creation index and the position (`_keys`), so the schedule never changes a tree.
+  """
+
+  def __init__(self, config, params, tokenizer, prompts, batch, edu, rule, rng, prm, mesh,
+               chunk):
     self.config, self.params, self.prompts, self.batch = config, params, prompts, batch
-    self.edu, self.rng, self.prm = edu, rng, prm
+    self.edu, self.rng, self.prm, self.mesh, self.chunk = edu, rng, prm, mesh, chunk
     self.stop = tokenizer.eos_id
     self.pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
-    self.paths = [_Path(query=q, pid=0, tokens=[], anchors=[], entropies=[], count=0, last=0,
-                        row=i) for i, q in enumerate(batch)]
+    self.paths = [_Path(query=q, pid=0, tokens=[], anchors=[], entropies=[], count=0, last=0)
+                  for q in batch]
     self.next_pid = {q: 1 for q in batch}
-    self.stats = {q: {"tokens": 0, "candidates": 0, "anchors": 0, "rounds": 0, "checks": []}
-                  for q in batch}
-    self.common = dict(max_new_tokens=edu.max_new_tokens, temperature=edu.temperature,
-                       stop_tokens=(self.stop,), pad_id=self.pad, rule=rule, mesh=mesh)
+    self.stats = {q: {"tokens": 0, "candidates": 0, "anchors": 0, "generations": 1,
+                      "checks": []} for q in batch}
+    self.generation = {p.query: [p] for p in self.paths}  # Each query's current generation.
+    self.release = []  # Rows to free after the next call (sources of the forks it makes).
+    self.common = dict(temperature=edu.temperature, stop_tokens=(self.stop,), pad_id=self.pad,
+                       rule=rule, mesh=mesh)
 
   def run(self, queries_per_batch: int) -> list[Tree]:
-    generation, index = self._roots(queries_per_batch), 0
-    while generation:
-      for q in {p.query for p in generation}:
-        self.stats[q]["rounds"] += 1
+    self._roots(queries_per_batch)
+    while True:
       if self.prm is not None:
-        self._prune_children(generation, phase=2 * index + 1)
-      index += 1
-      generation = self._expand(generation, phase=2 * index)
+        self._prune_children()
+      settled = True
+      while settled:  # A generation may end without decoding (children ending on the spot).
+        settled = False
+        for q in self.batch:
+          if self.generation[q] and all(p.pruned or self._ended(p) for p in self.generation[q]):
+            self._expand(q)
+            settled = True
+      running = [p for p in self.paths if p.row >= 0 and not (p.pruned or p.halted
+                                                                or self._ended(p))]
+      if not running:
+        break
+      self._advance(running)
     return [self._tree(q) for q in self.batch]
+
+  def _ended(self, path: _Path) -> bool:
+    return path.finished or len(path.tokens) >= self.edu.max_new_tokens
 
   # Decoding. ---------------------------------------------------------------------------
 
@@ -325,14 +362,14 @@ class _TreeBuilder:
             "allow": column([True] * len(rows), bool),
             "halt": column([p.fresh for p in rows], bool)}
 
-  def _keys(self, rows: Sequence[_Path], phase: int) -> np.ndarray:
-    """Row keys `fold_in(fold_in(fold_in(rng, query), pid), phase)`: a phase is a sampler
-    call of a query's tree (2g: generation g; 2g + 1: P-EDU continuing it)."""
+  def _keys(self, rows: Sequence[_Path]) -> np.ndarray:
+    """Row keys `fold_in(fold_in(rng, query), pid)`; the sampler folds in the position."""
     return np.asarray(_path_keys(self.rng, np.array([p.query for p in rows]),
-                                 np.array([p.pid for p in rows]), phase))
+                                 np.array([p.pid for p in rows])))
 
-  def _roots(self, queries_per_batch: int) -> list[_Path]:
-    """Generation 0: every query's greedy path, decoded to its end."""
+  def _roots(self, queries_per_batch: int) -> None:
+    """Every query's root path, its first `chunk` tokens; then the cache grows to the rows
+    of every path the batch may have live at once."""
     prompts = [self.prompts[q] for q in self.batch]
     prompts += prompts[:1] * (queries_per_batch - len(prompts))  # A fixed shape.
     length = max(len(p) for p in prompts)
@@ -341,54 +378,56 @@ class _TreeBuilder:
     for i, prompt in enumerate(prompts):
       ids[i, length - len(prompt):], mask[i, length - len(prompt):] = prompt, True
     roots = self.paths + self.paths[:1] * (queries_per_batch - len(self.paths))
-    limits = [self.edu.max_new_tokens] * len(self.paths) + [0] * (len(roots) - len(self.paths))
-    self.out = sampling.continue_prefixes(
+    steps = min(self.chunk, self.edu.max_new_tokens)
+    limits = [steps] * len(self.paths) + [0] * (len(roots) - len(self.paths))
+    out = sampling.continue_prefixes(
         self.config, self.params, ids, mask, sources=np.arange(len(prompts)),
-        prefix_lengths=mask.sum(-1), rng=self._keys(roots, 0), limits=limits,
-        rule_carry=self._carry(self.paths, len(roots)), keep_cache=True, **self.common)
+        prefix_lengths=mask.sum(-1), max_new_tokens=steps, rng=self._keys(roots),
+        limits=limits, rule_carry=self._carry(self.paths, len(roots)), keep_cache=True,
+        room=self.edu.max_new_tokens, **self.common)
     self.score_length = length + self.edu.max_new_tokens
-    self._read(self.paths)
-    return list(self.paths)
-
-  def _decode(self, rows: list[tuple[_Path, int, int, int]], phase: int) -> None:
-    """Continue each `(path, source row, kept slots, next token)` from the current cache
-    to its end (or, for a P-EDU child, its first candidate). A path its next token ends
-    is finished on the spot; it keeps a row (decoding nothing) if children may fork off
-    it, since the call replaces the cache."""
-    resumed = []
-    for path, source, keep, token in rows:
-      path.tokens.append(token)
-      self.stats[path.query]["tokens"] += 1
-      if token == self.stop or len(path.tokens) >= self.edu.max_new_tokens:
-        path.finished, path.halted = token == self.stop, False
-      if not path.finished and len(path.tokens) < self.edu.max_new_tokens or path.candidates:
-        resumed.append((path, source, keep, token))
-    if not resumed:
-      return
-    count = _bucket(len(resumed))
-    paths = [path for path, _, _, _ in resumed]
-    pad = [resumed[0]] * (count - len(resumed))  # Padded rows decode nothing (limit 0).
-    for i, path in enumerate(paths):
+    rows = queries_per_batch * self.edu.max_leaves
+    if self.mesh is not None:  # Whole rows per device.
+      parallelism = parallel.batch_parallelism(self.mesh)
+      rows = -(-rows // parallelism) * parallelism
+    self.row_cache = sampling.with_rows(self.config, out["row_cache"], rows, mesh=self.mesh)
+    for i, path in enumerate(self.paths):
       path.row = i
-    limits = [self.edu.max_new_tokens - len(p.tokens) for p in paths] + [0] * len(pad)
-    rows = resumed + pad
-    self.out = sampling.resume(
-        self.config, self.params, self.out["row_cache"], sources=[r[1] for r in rows],
-        keep=[r[2] for r in rows], next_tokens=[r[3] for r in rows],
-        rng=self._keys(paths + [paths[0]] * len(pad), phase), limits=limits,
-        rule_carry=self._carry(paths, count), **self.common)
-    self._read(paths)
+    self.free = list(range(rows - 1, len(self.paths) - 1, -1))  # Popped from the end.
+    self._read(self.paths, out)
 
-  def _read(self, paths: Sequence[_Path]) -> None:
+  def _advance(self, running: list[_Path]) -> None:
+    """One sampler call: every running path decodes up to `chunk` more tokens in its row,
+    a new child first copying its parent's row (`path.fork`: source row and kept slots)."""
+    count = _bucket(len(running))
+    pad = [running[0]] * (count - len(running))  # Padded rows decode nothing (limit 0).
+    ends = self.row_cache.ends
+    sources = [p.fork[0] if p.fork else p.row for p in running]
+    keep = [p.fork[1] if p.fork else ends[p.row] for p in running]
+    steps = min(self.chunk, self.edu.max_new_tokens)
+    limits = [min(steps, self.edu.max_new_tokens - len(p.tokens)) for p in running]
+    out = sampling.resume(
+        self.config, self.params, self.row_cache, sources=sources + sources[:1] * len(pad),
+        keep=keep + keep[:1] * len(pad),
+        next_tokens=[p.tokens[-1] for p in running + pad], max_new_tokens=steps,
+        rng=self._keys(running + pad), key_offsets=[len(p.tokens) for p in running + pad],
+        limits=limits + [0] * len(pad), rule_carry=self._carry(running, count),
+        dest=[p.row for p in running] + [-1] * len(pad), **self.common)
+    self.row_cache = out.pop("row_cache")
+    for path in running:
+      path.fork = None
+    self.free += self.release
+    self.release = []
+    self._read(running, out)
+
+  def _read(self, paths: Sequence[_Path], out: dict) -> None:
     """Append each row's emitted tokens to its path and note its candidates, its halt (a
     P-EDU child at its first candidate) or its end."""
-    out = {k: np.asarray(self.out[k]) for k in ("tokens", "lengths", "halted", "stopped",
-                                                 "entropy", "top1", "top2", "marks")}
-    for path in paths:
-      r, start = path.row, len(path.tokens)
+    out = {k: np.asarray(out[k]) for k in ("tokens", "lengths", "halted", "stopped",
+                                            "entropy", "top1", "top2", "marks")}
+    for r, path in enumerate(paths):
+      start = len(path.tokens)
       emitted = int(out["lengths"][r])
-      if path.finished:  # Kept only as a source of children: it decoded nothing.
-        continue
       path.tokens += [int(t) for t in out["tokens"][r, :emitted]]
       self.stats[path.query]["tokens"] += emitted
       path.halted = bool(out["halted"][r])
@@ -399,80 +438,93 @@ class _TreeBuilder:
         self.stats[path.query]["candidates"] += 1
       path.finished = bool(out["stopped"][r])
 
+  def _take(self, path: _Path, token: int, fork=None) -> None:
+    """`path` takes `token` next (a branch's top-2, a P-EDU survivor's top-1) and goes on
+    from its own row, or first forks it from `fork` (source row, kept slots); a token
+    that ends the path ends it on the spot, and it needs no row unless it may have
+    children (a survivor keeps its candidate)."""
+    path.tokens.append(token)
+    self.stats[path.query]["tokens"] += 1
+    path.finished, path.halted = token == self.stop, False
+    if fork is not None and not self._ended(path):
+      if not self.free:
+        raise RuntimeError("EDU scheduler: no free cache row (a query has more live paths "
+                           "than max_leaves)")
+      path.row, path.fork = self.free.pop(), fork
+
   # Decisions. --------------------------------------------------------------------------
 
-  def _prune_children(self, generation: list[_Path], phase: int) -> None:
+  def _prune_children(self) -> None:
     """P-EDU: score the children halted at their first candidate; prune those below the
-    threshold and continue the others to their end. (The generation's other paths ended
-    before any candidate: nothing forks off them.)"""
-    halted = [p for p in generation if p.halted]
+    threshold (their rows are free at once) and let the others go on."""
+    halted = [p for p in self.paths if p.halted and not p.pruned]
     if not halted:
       return
     scores = _prm_scores(self.prm, [self.prompts[p.query] + p.tokens for p in halted],
                          self.score_length)
     for path, score in zip(halted, scores):
       path.pruned = bool(score < self.edu.prune_threshold)
-      self.stats[path.query]["checks"].append(PruneCheck(list(path.tokens), float(score),
-                                                         path.pruned))
-      if path.pruned:
-        path.candidates = []
-    ends = self.out["row_cache"].ends
-    survivors = [p for p in halted if not p.pruned]
-    for path in survivors:
+      self.stats[path.query]["checks"].append((path.pid, PruneCheck(
+          list(path.tokens), float(score), path.pruned)))
       path.fresh = False
-    # A survivor takes the top-1 token at its halt (its candidate) and goes on.
-    self._decode([(p, p.row, ends[p.row], p.candidates[-1][2]) for p in survivors], phase)
+      if path.pruned:
+        path.candidates, path.halted = [], False
+        self.free.append(path.row)
+        path.row = -1
+      else:  # It takes the top-1 token at its halt (its candidate) and goes on.
+        self._take(path, path.candidates[-1][2])
 
-  def _expand(self, generation: list[_Path], phase: int) -> list[_Path]:
-    """Anchors among the generation's candidates (module docstring); returns the next
-    generation, decoded."""
-    leaves = {}
-    for path in self.paths:
-      leaves[path.query] = leaves.get(path.query, 0) + (not path.pruned)
+  def _expand(self, query: int) -> None:
+    """Anchors among the candidates of the query's ended generation (module docstring);
+    the children become its next generation."""
+    generation = self.generation[query]
+    leaves = sum(not p.pruned for p in self.paths if p.query == query)
     candidates = [(path, c) for path in generation if not path.pruned for c in path.candidates]
-    order = (lambda x: (x[0].query, -x[1][1], x[1][0], x[0].pid)) if self.edu.order == (
-        "entropy") else (lambda x: (x[0].query, x[1][0], -x[1][1], x[0].pid))
+    order = (lambda x: (-x[1][1], x[1][0], x[0].pid)) if self.edu.order == "entropy" else (
+        lambda x: (x[1][0], -x[1][1], x[0].pid))
     branches = []
     for path, (position, entropy, _, top2) in sorted(candidates, key=order):
-      if leaves[path.query] < self.edu.max_leaves:
-        leaves[path.query] += 1
+      if leaves < self.edu.max_leaves:
+        leaves += 1
         branches.append((path, position, entropy, top2))
-    for path in generation:
-      path.candidates = []
     for path, position, entropy, _ in branches:
       index = sum(a < position for a in path.anchors)
       path.anchors.insert(index, position)
       path.entropies.insert(index, entropy)
-    first = self.out["row_cache"].first
-    children, rows = [], []
+    first = self.row_cache.first
+    children = []
     for path, position, entropy, top2 in branches:
       index = path.anchors.index(position)
-      child = _Path(query=path.query, pid=self.next_pid[path.query],
-                    tokens=path.tokens[:position], anchors=path.anchors[:index + 1],
-                    entropies=path.entropies[:index + 1], count=index + 1, last=position,
-                    fresh=self.prm is not None)
-      self.next_pid[path.query] += 1
+      child = _Path(query=query, pid=self.next_pid[query], tokens=path.tokens[:position],
+                    anchors=path.anchors[:index + 1], entropies=path.entropies[:index + 1],
+                    count=index + 1, last=position, fresh=self.prm is not None)
+      self.next_pid[query] += 1
       self.paths.append(child)
-      self.stats[path.query]["anchors"] += 1
+      self.stats[query]["anchors"] += 1
+      self._take(child, top2, fork=(path.row, first + 1 + position))
       children.append(child)
-      rows.append((child, path.row, first + 1 + position, top2))
-    self._decode(rows, phase)
-    return [c for c in children if c.candidates]
+    for path in generation:
+      path.candidates = []
+      if path.row >= 0:  # Its row is read by the forks of the next call, then free.
+        self.release.append(path.row)
+        path.row = -1
+    self.generation[query] = children
+    self.stats[query]["generations"] += bool(children)
 
   def _tree(self, query: int) -> Tree:
     paths = [p for p in self.paths if p.query == query]
     stats = self.stats[query]
     leaves = [Leaf(p.tokens, p.anchors, p.entropies, p.finished) for p in paths if not p.pruned]
+    checks = [check for _, check in sorted(stats["checks"], key=lambda c: c[0])]
     return Tree(leaves=leaves, generated_tokens=stats["tokens"], candidates=stats["candidates"],
-                anchors=stats["anchors"], checks=stats["checks"], rounds=stats["rounds"])
+                anchors=stats["anchors"], checks=checks, generations=stats["generations"])
 
 
 @jax.jit
-def _path_keys(rng, queries, pids, call):
-  """`[R, 2]` key data `fold_in(fold_in(fold_in(rng, query), pid), call)` per row."""
+def _path_keys(rng, queries, pids):
+  """`[R, 2]` key data `fold_in(fold_in(rng, query), pid)` per row."""
   def key(query, pid):
-    return jax.random.key_data(jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(
-        rng, query), pid), call))
+    return jax.random.key_data(jax.random.fold_in(jax.random.fold_in(rng, query), pid))
   return jax.vmap(key)(queries, pids)
 
 

@@ -94,7 +94,7 @@ def _trees(config, task, model_config, params, tokenizer, problems, tau, leaves,
                          "record": stages.verdict_record(task, problem, text, len(leaf.tokens))})
     records.append({"problem": problem, "leaves": leaves_out,
                     "generated_tokens": tree.generated_tokens, "candidates": tree.candidates,
-                    "anchors": tree.anchors, "pruned": tree.pruned, "rounds": tree.rounds})
+                    "anchors": tree.anchors, "pruned": tree.pruned, "generations": tree.generations})
   return {"trees": records, "seconds": time.perf_counter() - start}
 
 

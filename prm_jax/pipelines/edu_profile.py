@@ -123,7 +123,7 @@ def _describe(tokenizer, tree: edu.Tree) -> dict:
     leaves.append({"tokens": len(leaf.tokens), "finished": leaf.finished, "anchors": anchors,
                    "text": tokenizer.decode([t for t in leaf.tokens if t != tokenizer.eos_id])})
   return {"leaves": leaves, "generated_tokens": tree.generated_tokens,
-          "candidates": tree.candidates, "anchors": tree.anchors, "rounds": tree.rounds}
+          "candidates": tree.candidates, "anchors": tree.anchors, "generations": tree.generations}
 
 
 def markdown(result: dict) -> str:
