@@ -385,18 +385,9 @@ def _resume(config: ModelConfig, sampling: SamplingConfig, rule: TokenRule | Non
   out["cache"] = _compact(state.cache, start, ends, _fed(state))
   out["ends"] = ends + _fed(state)
   if in_place:
-    # Out-of-range rows are dropped by the scatter: `dest < 0` discards a row. The store
-    # holds 2-byte floats as their bits (`with_rows`), so the scatter is a native one.
-    rows = jnp.where(dest < 0, store_ends.shape[0], dest)
-    new = _kv_as(out["cache"], jax.tree.leaves(store["k"])[0].dtype)
-    def put(buffer, update):
-      index = (slice(None),) * (buffer.ndim - 4) + (rows,)
-      return buffer.at[index].set(update, mode="drop")
-    out["cache"] = {
-        **store, "mask": store["mask"].at[rows].set(new["mask"], mode="drop"),
-        **{name: jax.tree.map(put, store[name], new[name]) for name in ("k", "v")}}
-    out["cache"] = _constrain_cache(out["cache"])
-    out["ends"] = store_ends.at[rows].set(out["ends"], mode="drop")
+    out["cache"] = _constrain_cache(_scatter_rows(store, out["cache"], dest))
+    out["ends"] = store_ends.at[jnp.where(dest < 0, store_ends.shape[0], dest)].set(
+        out["ends"], mode="drop")
   return out
 
 
@@ -551,6 +542,43 @@ def with_rows(config: ModelConfig, row_cache: RowCache, rows: int, *, mesh=None,
   cache = _grow_rows(row_cache.cache, extra, shardings)
   ends = np.concatenate([row_cache.ends, np.zeros(extra, row_cache.ends.dtype)])
   return RowCache(cache, ends, row_cache.first)
+
+
+def put_rows(row_cache: RowCache, rows: RowCache, dest) -> RowCache:
+  """`row_cache` with its row `dest[i]` replaced by row i of `rows` (`dest[i] < 0`: not
+  kept), in place: `row_cache`'s buffers are donated and must not be used again. Both
+  caches must come from prompts of the same (bucketed) length: a scheduler prefills new
+  prompts (`continue_prefixes(..., keep_cache=True)`) into the free rows of a grown cache
+  (`with_rows`)."""
+  dest = np.asarray(dest, np.int32).reshape(-1)
+  if rows.first != row_cache.first or rows.slots != row_cache.slots:
+    raise ValueError(f"rows of {rows.slots} slots (prompts end at {rows.first}) do not fit a "
+                     f"cache of {row_cache.slots} slots (prompts end at {row_cache.first})")
+  if dest.shape != (len(rows.ends),) or np.any(dest >= len(row_cache.ends)):
+    raise ValueError(f"dest must be [{len(rows.ends)}] row indices < {len(row_cache.ends)}")
+  shardings = _hashable(jax.tree.map(lambda x: x.sharding, row_cache.cache))
+  cache = _put_rows(row_cache.cache, rows.cache, dest, shardings)
+  ends = np.array(row_cache.ends)
+  ends[dest[dest >= 0]] = rows.ends[dest >= 0]
+  return RowCache(cache, ends, row_cache.first)
+
+
+@functools.partial(jax.jit, static_argnums=3, donate_argnums=0)
+def _put_rows(store: dict, new: dict, dest, shardings) -> dict:
+  return jax.lax.with_sharding_constraint(_scatter_rows(store, new, dest),
+                                          jax.tree.unflatten(*shardings))
+
+
+def _scatter_rows(store: dict, new: dict, dest) -> dict:
+  """`store` with row `dest[i]` replaced by row i of the cache `new` (`dest[i] < 0`:
+  dropped by the scatter). A store holding 2-byte floats as their bits (`with_rows`) gets
+  them as bits: a native scatter, in place when the store is donated."""
+  rows = jnp.where(dest < 0, store["mask"].shape[0], dest)
+  new = _kv_as(new, jax.tree.leaves(store["k"])[0].dtype)
+  def put(buffer, update):
+    return buffer.at[(slice(None),) * (buffer.ndim - 4) + (rows,)].set(update, mode="drop")
+  return {**store, "mask": store["mask"].at[rows].set(new["mask"], mode="drop"),
+          **{name: jax.tree.map(put, store[name], new[name]) for name in ("k", "v")}}
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))

@@ -398,6 +398,34 @@ def test_grown_bf16_cache_resumes_like_the_original(model, prompts):
   np.testing.assert_array_equal(again["tokens"], reference["tokens"])
 
 
+def test_prompts_put_into_free_rows_resume_like_their_own_cache(model, prompts):
+  """`put_rows` (the EDU scheduler's admission): prompts prefilled on their own and written
+  into free rows of a grown bf16 cache continue exactly as from their own cache; a cache of
+  another shape, or a row index past the store, is refused by name."""
+  config, params = model
+  config = dataclasses.replace(config, dtype="bfloat16")
+  ids, mask = prompts
+  def prefill(rows):
+    return sampling.continue_prefixes(config, params, ids, mask, sources=rows,
+                                      prefix_lengths=mask.sum(-1)[rows], max_new_tokens=1,
+                                      keep_cache=True, room=10)
+  own = prefill([1, 3])
+  own_tokens = np.asarray(own["tokens"])[:, -1]
+  reference = sampling.resume(config, params, own["row_cache"], sources=[0, 1],
+                              next_tokens=own_tokens, max_new_tokens=6)
+  store = sampling.with_rows(config, prefill([0, 2])["row_cache"], 5)
+  store = sampling.put_rows(store, prefill([1, 3])["row_cache"], [4, -1])
+  store = sampling.put_rows(store, prefill([1, 3])["row_cache"], [-1, 2])
+  assert list(store.ends[[2, 4]]) == list(own["row_cache"].ends[[1, 0]])
+  moved = sampling.resume(config, params, store, sources=[4, 2], next_tokens=own_tokens,
+                          max_new_tokens=6)
+  np.testing.assert_array_equal(moved["tokens"], reference["tokens"])
+  with pytest.raises(ValueError, match="do not fit a cache"):
+    sampling.put_rows(store, dataclasses.replace(prefill([1])["row_cache"], first=0), [3])
+  with pytest.raises(ValueError, match="dest must be"):
+    sampling.put_rows(moved["row_cache"], prefill([1])["row_cache"], [7])
+
+
 def test_limits_cut_rows_and_resume_is_checked(model, prompts):
   config, params = model
   ids, mask = prompts

@@ -260,12 +260,13 @@ def build_trees(config: models.ModelConfig, params, tokenizer: Tokenizer,
     excluded: token ids that are never anchors (default `excluded_token_ids(tokenizer)`).
     prm: `(model config, params)` of the PRM that prunes (P-EDU; needs
       `edu.prune_threshold`); it must share the policy's tokenizer.
-    queries_per_batch: queries decoded together; their paths share one kept KV cache of
-      `queries_per_batch * edu.max_leaves` rows (lower it if that does not fit).
+    queries_per_batch: queries in flight at once (`_TreeBuilder`); their paths share one
+      kept KV cache of `queries_per_batch * edu.max_leaves` rows (lower it if that does
+      not fit).
     chunk: tokens each sampler call advances a path (`_TreeBuilder`): smaller wastes fewer
       steps past paths' ends and starts children sooner, larger makes fewer calls.
     mesh: run the sampler data- and tensor-parallel on it.
-    progress: called with (queries done, total) after each batch.
+    progress: called with (queries done, total) as queries finish.
   """
   if tokenizer.eos_id is None:
     raise ValueError("EDU trees need a tokenizer with an EOS token (tokenizer.eos_id is None): "
@@ -287,65 +288,78 @@ def build_trees(config: models.ModelConfig, params, tokenizer: Tokenizer,
   prompts = [[int(t) for t in p] for p in prompts]
   if not all(prompts):
     raise ValueError("every prompt needs at least one token")
-  trees = []
-  for start in range(0, len(prompts), queries_per_batch):
-    batch = list(range(start, min(start + queries_per_batch, len(prompts))))
-    builder = _TreeBuilder(config, params, tokenizer, prompts, batch, edu, rule, rng, prm, mesh,
-                           chunk)
-    trees += builder.run(queries_per_batch)
-    if progress is not None:
-      progress(batch[-1] + 1, len(prompts))
-  return trees
+  return _TreeBuilder(config, params, tokenizer, prompts, edu, rule, rng, prm, mesh, chunk,
+                      queries_per_batch, progress).run()
 
 
 class _TreeBuilder:
-  """The trees of one batch of queries (indices into `prompts`), decoded together.
+  """The trees of all queries, decoded together like continuous batching.
 
-  Scheduling. Every live path has its own row of one kept cache (`sampling.RowCache`,
-  `len(batch) * max_leaves` rows: a query never has more live paths than leaves). Each
-  sampler call advances every running path by up to `chunk` tokens, in place
-  (`sampling.resume` with `dest`), and starts the children of every query whose
-  generation has ended, each forked from its parent's row. A query waits only for its own
-  paths, a row decodes at most `chunk - 1` steps past its path's end, and the rows of
-  ended paths go to new children: the work follows the tree's distinct tokens, not the
-  longest path of a generation times its width. A path draws its tokens by its query, its
-  creation index and the position (`_keys`), so the schedule never changes a tree.
+  Every live path owns a row of one kept cache (`sampling.RowCache` of
+  `queries_per_batch * max_leaves` rows: a query never has more live paths than leaves).
+  Each sampler call advances every running path by up to `chunk` tokens, in place
+  (`sampling.resume` with `dest`), a new child first copying its parent's row; a query's
+  children start as soon as its own generation has ended, and a finished query's rows go
+  to the next queries (prefilled into them, `sampling.put_rows`), admitted once a quarter
+  of the query places are free or nothing else runs. So the calls stay full and the work
+  follows the trees' distinct tokens, not the longest path of each generation. A path
+  draws its tokens by its query, its creation index and the position (`_keys`): the
+  schedule never changes a tree.
   """
 
-  def __init__(self, config, params, tokenizer, prompts, batch, edu, rule, rng, prm, mesh,
-               chunk):
-    self.config, self.params, self.prompts, self.batch = config, params, prompts, batch
-    self.edu, self.rng, self.prm, self.mesh, self.chunk = edu, rng, prm, mesh, chunk
+  def __init__(self, config, params, tokenizer, prompts, edu, rule, rng, prm, mesh, chunk,
+               in_flight, progress):
+    self.config, self.params, self.prompts, self.edu = config, params, prompts, edu
+    self.rng, self.prm, self.mesh, self.chunk = rng, prm, mesh, chunk
+    self.in_flight, self.progress = in_flight, progress
     self.stop = tokenizer.eos_id
     self.pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
-    self.paths = [_Path(query=q, pid=0, tokens=[], anchors=[], entropies=[], count=0, last=0)
-                  for q in batch]
-    self.next_pid = {q: 1 for q in batch}
-    self.stats = {q: {"tokens": 0, "candidates": 0, "anchors": 0, "generations": 1,
-                      "checks": []} for q in batch}
-    self.generation = {p.query: [p] for p in self.paths}  # Each query's current generation.
+    self.paths: dict[int, list[_Path]] = {}  # Every path of each query, in creation order.
+    self.waiting = list(range(len(prompts)))[::-1]  # Popped from the end: in order.
+    self.generation: dict[int, list[_Path]] = {}  # Each query in flight's generation.
+    self.next_pid, self.stats, self.done = {}, {}, 0
     self.release = []  # Rows to free after the next call (sources of the forks it makes).
+    self.row_cache, self.free = None, []
+    # Every prompt is padded to one width, so every prefill's cache fits the same rows.
+    self.width = max(len(p) for p in prompts)
+    self.score_length = self.width + edu.max_new_tokens
+    self.steps = min(chunk, edu.max_new_tokens)
     self.common = dict(temperature=edu.temperature, stop_tokens=(self.stop,), pad_id=self.pad,
                        rule=rule, mesh=mesh)
 
-  def run(self, queries_per_batch: int) -> list[Tree]:
-    self._roots(queries_per_batch)
-    while True:
+  def run(self) -> list[Tree]:
+    trees = {}
+    while self.waiting or self.generation:
+      running = self._running()
+      free = self.in_flight - len(self.generation)
+      if self.waiting and free and (free >= self.in_flight // 4 or not running):
+        self._admit([self.waiting.pop() for _ in range(min(free, len(self.waiting)))])
       if self.prm is not None:
         self._prune_children()
       settled = True
       while settled:  # A generation may end without decoding (children ending on the spot).
         settled = False
-        for q in self.batch:
-          if self.generation[q] and all(p.pruned or self._ended(p) for p in self.generation[q]):
-            self._expand(q)
+        for q in list(self.generation):
+          if all(p.pruned or self._ended(p) for p in self.generation[q]):
             settled = True
-      running = [p for p in self.paths if p.row >= 0 and not (p.pruned or p.halted
-                                                                or self._ended(p))]
-      if not running:
-        break
-      self._advance(running)
-    return [self._tree(q) for q in self.batch]
+            if not self._expand(q):  # The tree is complete.
+              del self.generation[q]
+              trees[q] = self._tree(q)
+              self.done += 1
+              if self.progress is not None:
+                self.progress(self.done, len(self.prompts))
+      running = self._running()
+      if running:
+        self._advance(running)
+    return [trees[q] for q in range(len(self.prompts))]
+
+  def _running(self) -> list[_Path]:
+    return [p for q in self.generation for p in self._live(q)
+            if not (p.pruned or p.halted or self._ended(p))]
+
+  def _live(self, query: int) -> list[_Path]:
+    """The query's paths that hold a row (or are about to: new children)."""
+    return [p for p in self.generation[query] if p.row >= 0]
 
   def _ended(self, path: _Path) -> bool:
     return path.finished or len(path.tokens) >= self.edu.max_new_tokens
@@ -367,34 +381,47 @@ class _TreeBuilder:
     return np.asarray(_path_keys(self.rng, np.array([p.query for p in rows]),
                                  np.array([p.pid for p in rows])))
 
-  def _roots(self, queries_per_batch: int) -> None:
-    """Every query's root path, its first `chunk` tokens; then the cache grows to the rows
-    of every path the batch may have live at once."""
-    prompts = [self.prompts[q] for q in self.batch]
-    prompts += prompts[:1] * (queries_per_batch - len(prompts))  # A fixed shape.
-    length = max(len(p) for p in prompts)
-    ids = np.full((len(prompts), length), self.pad, np.int32)
+  def _admit(self, queries: list[int]) -> None:
+    """Start the queries' roots: one call prefills their prompts and decodes one token;
+    the rows are then written into free rows of the kept cache (made by the first call)."""
+    count = _bucket(len(queries)) if self.row_cache is not None else self.in_flight
+    prompts = [self.prompts[q] for q in queries]
+    prompts += prompts[:1] * (count - len(prompts))  # Padded rows decode nothing.
+    ids = np.full((count, self.width), self.pad, np.int32)
     mask = np.zeros(ids.shape, bool)
     for i, prompt in enumerate(prompts):
-      ids[i, length - len(prompt):], mask[i, length - len(prompt):] = prompt, True
-    roots = self.paths + self.paths[:1] * (queries_per_batch - len(self.paths))
-    steps = min(self.chunk, self.edu.max_new_tokens)
-    limits = [steps] * len(self.paths) + [0] * (len(roots) - len(self.paths))
+      ids[i, self.width - len(prompt):], mask[i, self.width - len(prompt):] = prompt, True
+    roots = []
+    for q in queries:
+      root = _Path(query=q, pid=0, tokens=[], anchors=[], entropies=[], count=0, last=0)
+      self.paths[q] = [root]
+      self.generation[q], self.next_pid[q] = [root], 1
+      self.stats[q] = {"tokens": 0, "candidates": 0, "anchors": 0, "generations": 1,
+                       "checks": []}
+      roots.append(root)
+    padded = roots + roots[:1] * (count - len(roots))
     out = sampling.continue_prefixes(
-        self.config, self.params, ids, mask, sources=np.arange(len(prompts)),
-        prefix_lengths=mask.sum(-1), max_new_tokens=steps, rng=self._keys(roots),
-        limits=limits, rule_carry=self._carry(self.paths, len(roots)), keep_cache=True,
-        room=self.edu.max_new_tokens, **self.common)
-    self.score_length = length + self.edu.max_new_tokens
-    rows = queries_per_batch * self.edu.max_leaves
-    if self.mesh is not None:  # Whole rows per device.
-      parallelism = parallel.batch_parallelism(self.mesh)
-      rows = -(-rows // parallelism) * parallelism
-    self.row_cache = sampling.with_rows(self.config, out["row_cache"], rows, mesh=self.mesh)
-    for i, path in enumerate(self.paths):
-      path.row = i
-    self.free = list(range(rows - 1, len(self.paths) - 1, -1))  # Popped from the end.
-    self._read(self.paths, out)
+        self.config, self.params, ids, mask, sources=np.arange(count),
+        prefix_lengths=mask.sum(-1), max_new_tokens=1, rng=self._keys(padded),
+        limits=[1] * len(roots) + [0] * (count - len(roots)),
+        rule_carry=self._carry(roots, count), keep_cache=True,
+        room=self.edu.max_new_tokens + self.steps, **self.common)
+    kept = out.pop("row_cache")
+    if self.row_cache is None:
+      rows = max(self.in_flight * self.edu.max_leaves, len(kept.ends))
+      if self.mesh is not None:  # Whole rows per device.
+        parallelism = parallel.batch_parallelism(self.mesh)
+        rows = -(-rows // parallelism) * parallelism
+      self.row_cache = sampling.with_rows(self.config, kept, rows, mesh=self.mesh)
+      self.free = list(range(rows - 1, len(roots) - 1, -1))  # Popped from the end.
+      for i, root in enumerate(roots):
+        root.row = i
+    else:
+      for root in roots:
+        root.row = self.free.pop()
+      dest = [p.row for p in roots] + [-1] * (len(kept.ends) - len(roots))
+      self.row_cache = sampling.put_rows(self.row_cache, kept, dest)
+    self._read(roots, out)
 
   def _advance(self, running: list[_Path]) -> None:
     """One sampler call: every running path decodes up to `chunk` more tokens in its row,
@@ -404,7 +431,7 @@ class _TreeBuilder:
     ends = self.row_cache.ends
     sources = [p.fork[0] if p.fork else p.row for p in running]
     keep = [p.fork[1] if p.fork else ends[p.row] for p in running]
-    steps = min(self.chunk, self.edu.max_new_tokens)
+    steps = self.steps
     limits = [min(steps, self.edu.max_new_tokens - len(p.tokens)) for p in running]
     out = sampling.resume(
         self.config, self.params, self.row_cache, sources=sources + sources[:1] * len(pad),
@@ -457,7 +484,8 @@ class _TreeBuilder:
   def _prune_children(self) -> None:
     """P-EDU: score the children halted at their first candidate; prune those below the
     threshold (their rows are free at once) and let the others go on."""
-    halted = [p for p in self.paths if p.halted and not p.pruned]
+    halted = [p for q in self.generation for p in self.generation[q]
+              if p.halted and not p.pruned]
     if not halted:
       return
     scores = _prm_scores(self.prm, [self.prompts[p.query] + p.tokens for p in halted],
@@ -474,11 +502,11 @@ class _TreeBuilder:
       else:  # It takes the top-1 token at its halt (its candidate) and goes on.
         self._take(path, path.candidates[-1][2])
 
-  def _expand(self, query: int) -> None:
+  def _expand(self, query: int) -> bool:
     """Anchors among the candidates of the query's ended generation (module docstring);
-    the children become its next generation."""
+    the children become its next generation. Returns whether there are any."""
     generation = self.generation[query]
-    leaves = sum(not p.pruned for p in self.paths if p.query == query)
+    leaves = sum(not p.pruned for p in self.paths[query])
     candidates = [(path, c) for path in generation if not path.pruned for c in path.candidates]
     order = (lambda x: (-x[1][1], x[1][0], x[0].pid)) if self.edu.order == "entropy" else (
         lambda x: (x[1][0], -x[1][1], x[0].pid))
@@ -499,21 +527,21 @@ class _TreeBuilder:
                     anchors=path.anchors[:index + 1], entropies=path.entropies[:index + 1],
                     count=index + 1, last=position, fresh=self.prm is not None)
       self.next_pid[query] += 1
-      self.paths.append(child)
+      self.paths[query].append(child)
       self.stats[query]["anchors"] += 1
       self._take(child, top2, fork=(path.row, first + 1 + position))
       children.append(child)
     for path in generation:
       path.candidates = []
       if path.row >= 0:  # Its row is read by the forks of the next call, then free.
-        self.release.append(path.row)
+        (self.release if children else self.free).append(path.row)
         path.row = -1
     self.generation[query] = children
     self.stats[query]["generations"] += bool(children)
+    return bool(children)
 
   def _tree(self, query: int) -> Tree:
-    paths = [p for p in self.paths if p.query == query]
-    stats = self.stats[query]
+    paths, stats = self.paths.pop(query), self.stats.pop(query)
     leaves = [Leaf(p.tokens, p.anchors, p.entropies, p.finished) for p in paths if not p.pruned]
     checks = [check for _, check in sorted(stats["checks"], key=lambda c: c[0])]
     return Tree(leaves=leaves, generated_tokens=stats["tokens"], candidates=stats["candidates"],
