@@ -43,6 +43,12 @@ from prm_jax.models.transformer import (GATE_UP, KERNEL_IN_DIMS, OUTPUT_MAJOR, T
                                          write_slots)
 
 LM_LOGITS = ("all", "last", "none")
+# A cacheless forward (training, scoring) of at most this many blocks runs them unrolled
+# even from stacked parameters: on XLA:CPU each scanned step copies its layer's weights
+# and saved activations in and out of the stacked arrays (a PRM grad step: 7-14%
+# slower scanned), while unrolling a few blocks costs little compile time. Deeper models
+# stay scanned, so compile time and memory stay flat in L.
+UNROLL_MAX_LAYERS = 8
 
 
 def _init_variables(config: ModelConfig, rng: jax.Array):
@@ -57,13 +63,30 @@ def init_params(config: ModelConfig, rng: jax.Array) -> dict:
 
 def abstract_params(config: ModelConfig) -> dict:
   """`jax.ShapeDtypeStruct` tree of the parameters, allocating nothing."""
-  return jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
+  return _copy_tree(_abstract_params(config))
 
 
 def param_logical_axes(config: ModelConfig) -> dict:
   """Tree (same structure as the params) of `PartitionSpec`s over logical axis names."""
+  return _copy_tree(_param_logical_axes(config))
+
+
+# Traced once per config: every sampler call and every sharded placement asks for these,
+# and tracing the model's init costs ~0.1 s of host time each time. Callers get fresh
+# containers (`_copy_tree`), so editing one cannot change what the next caller sees.
+@functools.lru_cache(maxsize=64)
+def _abstract_params(config: ModelConfig) -> dict:
+  return jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
+
+
+@functools.lru_cache(maxsize=64)
+def _param_logical_axes(config: ModelConfig) -> dict:
   boxed = jax.eval_shape(functools.partial(_init_variables, config), jax.random.key(0))
   return nn.get_partition_spec(boxed)["params"]
+
+
+def _copy_tree(tree: dict) -> dict:
+  return jax.tree.map(lambda leaf: leaf, tree, is_leaf=lambda x: isinstance(x, P))
 
 
 def unstack_layers(params: dict) -> dict:
@@ -220,6 +243,9 @@ def forward(config: ModelConfig, params: dict, input_ids: jax.Array, *,
                      f"{input_ids.shape}")
 
   scan_layers = _scanned(config, params)
+  if scan_layers and cache is None and config.num_layers <= UNROLL_MAX_LAYERS:
+    # Unrolled inside this program: a copy of the block weights, no per-step slicing.
+    params, scan_layers = unstack_layers(params), False
   causal = jnp.tril(jnp.ones((length, length), bool))
   mask = attention_mask[:, None, :] & causal[None]
   if cache is None:

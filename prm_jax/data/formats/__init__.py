@@ -7,6 +7,11 @@
 | `math_shepherd` | `{"input", "label"}` with `ки` / `+` / `-` step markers | hard |
 | `processbench` | `{"problem", "steps", "label": earliest error or -1}` | up to the error |
 | `gsm8k` | `{"question", "answer"}`, steps = lines, `#### x` last | none |
+| `s1k` | `{"question", "thinking_trajectories", "attempt", "solution"?}` | none |
+| `reasoning` | `{"prompt", "reasoning", "response", "answer"?}` | none |
+
+The last two are thinking trajectory + response pairs, both split into steps on blank lines
+(`steps` = thinking, `response` = response steps; see `prm_jax.data.formats.thinking`).
 
 `read(path, "trl")` raises `DataFormatError("<file>:<line>: <reason>")` on the first bad
 line; `read(..., skip_bad=True)` skips bad lines and reports them in the result (and a
@@ -20,14 +25,14 @@ import logging
 import os
 from typing import Iterable, Iterator
 
-from prm_jax.data.formats import gsm8k, math_shepherd, processbench, trl
+from prm_jax.data.formats import gsm8k, math_shepherd, processbench, thinking, trl
 from prm_jax.data.jsonl import DataFormatError, Format, ReadResult, iter_jsonl, write_jsonl
 from prm_jax.data.schema import Trajectory
 
 NATIVE = Format("prm_jax", Trajectory.from_dict, Trajectory.to_dict)
 FORMATS: dict[str, Format] = {
     f.name: f for f in (NATIVE, trl.FORMAT, math_shepherd.FORMAT, processbench.FORMAT,
-                        gsm8k.FORMAT)}
+                        gsm8k.FORMAT, thinking.S1K, thinking.REASONING)}
 
 
 def get_format(name: str) -> Format:

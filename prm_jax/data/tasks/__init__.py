@@ -4,6 +4,7 @@
     problems = task.problems(1000, seed=0, split="train")
     corpus = generate_corpus(task, 1000, seed=0, error_rate=0.2)   # labelled Trajectories
     verdict = task.check(problem, model_text)                       # per-step truth
+    pairs = generate_thinking(task, problems, seed=0)               # thinking + response
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from prm_jax.data.tasks.base import (ANSWER_PREFIX, ERROR_KINDS, ChainTask, Erro
 from prm_jax.data.tasks.corpus import generate_corpus, label_solution
 from prm_jax.data.tasks.gsm8k import Gsm8kTask
 from prm_jax.data.tasks.lists import ListTask
+from prm_jax.data.tasks.thinking import (THINKING_KINDS, generate_thinking, parse_thinking_step,
+                                         thinking_trajectory)
 
 TASKS: dict[str, type] = {"arithmetic": ArithmeticTask, "lists": ListTask, "gsm8k": Gsm8kTask}
 
@@ -31,6 +34,7 @@ def get_task(name: str, **knobs) -> ChainTask | Gsm8kTask:
   return TASKS[name](**knobs)
 
 
-__all__ = ["ANSWER_PREFIX", "ERROR_KINDS", "TASKS", "ArithmeticTask", "ChainTask", "ErrorKind",
-           "Flawed", "Gsm8kTask", "ListTask", "Verdict", "generate_corpus", "get_task",
-           "label_solution", "split_of"]
+__all__ = ["ANSWER_PREFIX", "ERROR_KINDS", "TASKS", "THINKING_KINDS", "ArithmeticTask",
+           "ChainTask", "ErrorKind", "Flawed", "Gsm8kTask", "ListTask", "Verdict",
+           "generate_corpus", "generate_thinking", "get_task", "label_solution",
+           "parse_thinking_step", "split_of", "thinking_trajectory"]
