@@ -8,6 +8,22 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # noqa: E402  (after the environment: nothing here may start JAX first)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def release_compiled_programs():
+  """Drop every compiled program after each test module.
+
+  XLA:CPU maps memory for the code of every program it compiles (about 5 maps each), and
+  jit caches keep them all: the whole suite in one process passes the kernel's limit on
+  memory maps (`vm.max_map_count`, 65530 by default) and the next compile dies (SIGSEGV or
+  abort inside `backend_compile`). Clearing costs a module only the compiles of programs
+  an earlier module had compiled too."""
+  yield
+  import gc  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.clear_caches()
+  gc.collect()
+
+
 @pytest.fixture(scope="module")
 def persistent_compilation_cache(tmp_path_factory):
   """Every `train_loop` call jits anew (as a restarted process does): cache the compiles on

@@ -25,11 +25,16 @@ def _embeddings(seed, *shape):
 
 
 @pytest.mark.parametrize("unit", [False, True])
-def test_alignment_is_the_cosine_with_the_paired_response_step(unit):
-  thinking, response = _embeddings(0, 5, 7), _embeddings(1, 3, 7)
+@pytest.mark.parametrize("num_thinking,num_response,pairing", [
+    (5, 3, [0, 0, 1, 1, 2]),  # Merged groups [s1, s2], [s3, s4], [s5] (align_steps).
+    (2, 3, [0, 1]),           # Fewer thinking steps: step t with response step t.
+])
+def test_alignment_is_the_cosine_with_the_paired_response_step(unit, num_thinking,
+                                                                num_response, pairing):
+  thinking, response = _embeddings(0, num_thinking, 7), _embeddings(1, num_response, 7)
   expected = []
-  for t in range(5):
-    cos = _cos(thinking[t], response[min(t, 2)])  # Steps past the response pair with its last.
+  for t in range(num_thinking):
+    cos = _cos(thinking[t], response[pairing[t]])
     expected.append((1 + cos) / 2 if unit else cos)
   np.testing.assert_allclose(rf.alignment_reward(thinking, response, unit=unit), expected,
                              rtol=1e-12)

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from prm_jax.data import formats
-from prm_jax.data.formats.thinking import align_steps, split_steps
+from prm_jax.data.formats.thinking import align_steps, split_steps, step_pairing
 from prm_jax.data.jsonl import DataFormatError
-from prm_jax.data.tasks import (THINKING_KINDS, ArithmeticTask, ListTask, generate_thinking,
-                                parse_thinking_step, thinking_trajectory)
+from prm_jax.data.tasks import (THINKING_KINDS, ArithmeticTask, ListTask, checker_judge,
+                                generate_thinking, parse_thinking_step, plan_template,
+                                thinking_trajectory)
+from prm_jax.labeling.reasonflux import quality_reward
 
 # Step split. ---------------------------------------------------------------------------------
 
@@ -56,6 +58,22 @@ def test_align_steps_merges_extra_thinking_steps(thinking, response, aligned):
   result = align_steps(thinking, response)
   assert result == aligned
   assert (thinking, response) == before and result is not thinking  # pure
+
+
+def test_step_pairing_names_the_group_align_steps_merges_each_step_into():
+  for num_thinking in range(0, 12):
+    for num_response in range(0, 6):
+      thinking = [f"s{t}" for t in range(num_thinking)]
+      merged = align_steps(thinking, ["a"] * num_response)
+      pairing = step_pairing(num_thinking, num_response)
+      if num_response == 0:
+        assert pairing == [-1] * num_thinking
+        continue
+      assert pairing == sorted(pairing) and all(0 <= g < num_response for g in pairing)
+      if num_thinking > num_response:
+        groups = ["\n\n".join(s for s, g in zip(thinking, pairing) if g == index)
+                  for index in range(num_response)]
+        assert groups == merged
 
 
 def test_align_steps_keeps_order_and_every_step():
@@ -284,5 +302,61 @@ def test_unknown_kinds_are_rejected():
   task = ArithmeticTask()
   with pytest.raises(ValueError, match="kinds must be a non-empty subset"):
     generate_thinking(task, task.problems(3, seed=0), seed=0, kinds=("clean", "sloppy"))
+  with pytest.raises(ValueError, match="error_kinds must be a non-empty subset"):
+    generate_thinking(task, task.problems(3, seed=0), seed=0, error_kinds=("typo",))
   with pytest.raises(ValueError, match="unknown thinking kind 'sloppy'"):
     thinking_trajectory(task, task.problems(1, seed=0)[0], "sloppy", np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_error_kinds_limit_the_injected_errors(name):
+  task = TASKS[name]
+  pairs = generate_thinking(task, task.problems(100, seed=0), seed=0, error_kinds=("misread",))
+  assert {p.meta["error_kind"] for p in pairs} == {None, "misread"}
+
+
+# Exact targets: the checker's judge and the plan template. ----------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_checker_judge_gives_back_the_known_step_quality(name):
+  """The judge sees only x, s_<t and s_t, and must still recover every constructed label:
+  retracted attempts (0 before their check is seen), checks, re-derivations, wrong tracks."""
+  task, pairs = _generate(name)
+  judge = checker_judge(task)
+  for pair in pairs:
+    quality = quality_reward(judge, pair.problem, pair.steps, pair.response)
+    assert list(quality) == pair.meta["step_quality"], (pair.meta["kind"], pair.steps)
+
+
+def test_checker_judge_scores_checks_and_repeats_by_what_they_claim():
+  task = ArithmeticTask()
+  judge = checker_judge(task)
+  problem = "7+5-3=?"
+  first = "First, 7+5=12."
+  assert judge(problem, [], first, []) == 1.0
+  assert judge(problem, [], "First, 7+5=13.", []) == 0.0
+  assert judge(problem, [first], "Check: 7+5=12 is wrong, redo.", []) == 0.0  # It was right.
+  assert judge(problem, ["First, 7+5=13."], "Check: 7+5=13 is wrong, redo.", []) == 1.0
+  assert judge(problem, [first], "Check: 12-3=9 is wrong, redo.", []) == 0.0  # Not stated.
+  assert judge(problem, [first], "Again: 7+5=12.", []) == 0.5
+  assert judge(problem, [first], "Again: 12-3=9.", []) == 0.0  # Nothing to repeat.
+  # After a rejected attempt the track continues from the committed lines.
+  earlier = ["First, 7+5=13.", "Check: 7+5=13 is wrong, redo.", first]
+  assert judge(problem, earlier, "Then 12-3=9.", []) == 1.0
+  assert judge(problem, earlier + ["Then 12-3=9."], "So the answer is #### 9.", []) == 1.0
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_plan_template_is_right_exactly_when_the_plan_is(name):
+  """Solving the template reaches the gold answer iff the response applied the problem's
+  operations: misread and skipped operations break the plan, slips and misapplied
+  operators (a result off, the right operation named) do not."""
+  task, pairs = _generate(name)
+  for pair in pairs:
+    template = plan_template(task, pair.problem, pair.response)
+    plan_right = task.check(pair.problem, task.solve(template)).solved
+    error = pair.meta["error_kind"] if pair.meta["kind"] == "unrecovered" else None
+    assert plan_right == (error not in ("misread", "skip_step")), (pair.response, template)
+  assert plan_template(task, pairs[0].problem, ["no step here", "#### 3"]) == ""
+

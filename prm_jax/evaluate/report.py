@@ -128,3 +128,19 @@ def plot_test_time(runs: list[dict], path: str, method: str = "prm_vote") -> Non
   ax.set_xscale("log")
   _finish(fig, ax, path, "generated tokens per problem", f"accuracy ({METHOD_NAMES[method]})",
           "Test-time sampling at equal compute")
+
+
+def plot_selection(runs: list[dict], path: str) -> None:
+  """ReasonFlux-PRM data selection: test accuracy (greedy) of the policy trained on each
+  selector's top-K, one bar per selector; with several runs (seeds) the mean, and the
+  min-max spread as an error bar. `runs`: `reasonflux` results."""
+  plt = _pyplot()
+  names = list(runs[0]["students"])
+  accuracy = np.array([[r["students"][k]["greedy_accuracy"] for r in runs] for k in names])
+  mean = accuracy.mean(1)
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  ax.bar(names, mean, yerr=[mean - accuracy.min(1), accuracy.max(1) - mean], capsize=4,
+         label=f"top {runs[0]['top_k']} of the pool")
+  _finish(fig, ax, path, "selector", "test accuracy (greedy) after SFT",
+          f"SFT data selection ({len(runs)} seed{'s' * (len(runs) > 1)})")
+

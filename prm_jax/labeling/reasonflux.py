@@ -8,7 +8,8 @@ two align). Every function here is pure; embeddings come from a pluggable encode
 
 Step rewards, each `[T]`:
 
-  alignment  r_align_t = cos(Phi(s_t), Phi(a_t'))        t' = min(t, T' - 1)
+  alignment  r_align_t = cos(Phi(s_t), Phi(a_t'))        t' = the response step s_t
+                                                         aligns with (`step_pairing`)
   quality    r_qual_t  = judge(x, s_<t, s_t, a)             in [0, 1] (pluggable)
   coherence  r_coh_t   = log softmax_j(sim(Phi(s_{t-1}), c_j) / temperature)[positive]
 
@@ -41,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prm_jax import models
+from prm_jax.data.formats.thinking import step_pairing
 from prm_jax.data.tokenizer import Tokenizer
 
 # A judge scores step t of a pair: (problem, earlier thinking steps, step, response steps).
@@ -56,10 +58,11 @@ def _unit_rows(vectors: np.ndarray) -> np.ndarray:
 def alignment_reward(thinking: np.ndarray, response: np.ndarray, *, unit: bool = True
                      ) -> np.ndarray:
   """`[T]` cosine of each thinking step's embedding `thinking [T, D]` with its response
-  step's `response [T', D]` (step t pairs with response step `min(t, T' - 1)`)."""
+  step's `response [T', D]`: the one it aligns with (`align_steps`' rule, `step_pairing`:
+  the group it merges into when T > T', else `min(t, T' - 1)`)."""
   if len(response) == 0:
     raise ValueError("alignment needs at least one response step")
-  pair = np.minimum(np.arange(len(thinking)), len(response) - 1)
+  pair = np.asarray(step_pairing(len(thinking), len(response)))
   cos = np.sum(_unit_rows(thinking) * _unit_rows(response)[pair], axis=-1)
   return (1.0 + cos) / 2.0 if unit else cos
 

@@ -96,7 +96,8 @@ def pair_score(scores: np.ndarray, alpha: float = 1.0) -> float:
   return float(scores[:-1].mean() + alpha * scores[-1])
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+def pearson(x, y) -> float:
+  """Pearson correlation of two equal-length samples (NaN if either is constant)."""
   x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
   if x.size < 2 or x.std() == 0 or y.std() == 0:
     return float("nan")
@@ -115,6 +116,6 @@ def reasonflux_metrics(scores: Sequence[np.ndarray], step_truth: Sequence[Sequen
   if truth.shape != steps.shape or final_truth.shape != finals.shape:
     raise ValueError(f"truth for {truth.size} steps / {final_truth.size} pairs; scores for "
                      f"{steps.size} / {finals.size}")
-  return {"step_pearson": _pearson(steps, truth), "step_auroc": auroc(steps, truth >= 0.5),
-          "final_pearson": _pearson(finals, final_truth),
+  return {"step_pearson": pearson(steps, truth), "step_auroc": auroc(steps, truth >= 0.5),
+          "final_pearson": pearson(finals, final_truth),
           "final_auroc": auroc(finals, final_truth >= 0.5)}

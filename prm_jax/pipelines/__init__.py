@@ -15,6 +15,7 @@ PIPELINES: dict[str, str] = {
     "policy_rl": "prm_jax.pipelines.policy_rl",
     "prm_train": "prm_jax.pipelines.prm_train",
     "quickstart": "prm_jax.pipelines.quickstart",
+    "reasonflux": "prm_jax.pipelines.reasonflux",
 }
 
 

@@ -51,6 +51,20 @@ def split_steps(text: str) -> list[str]:
   return [step for step in steps if step]
 
 
+def step_pairing(num_thinking: int, num_response: int) -> list[int]:
+  """The response step each thinking step pairs with (`[num_thinking]` indices), by
+  `align_steps`' rule: with more thinking than response steps, the group step t is merged
+  into; otherwise `min(t, num_response - 1)`. An empty response pairs nothing (all -1)."""
+  if num_response == 0:
+    return [-1] * num_thinking
+  if num_thinking <= num_response:
+    return list(range(num_thinking))
+  size, extra = divmod(num_thinking, num_response)
+  # The first `extra` groups hold `size + 1` steps, the rest `size`.
+  return [t // (size + 1) if t < extra * (size + 1) else extra + (t - extra * (size + 1)) // size
+          for t in range(num_thinking)]
+
+
 def align_steps(thinking: list[str], response: list[str]) -> list[str]:
   """Thinking steps merged so that there are no more of them than response steps.
 
@@ -58,7 +72,8 @@ def align_steps(thinking: list[str], response: list[str]) -> list[str]:
   contiguous groups, in order, each joined with `"\\n\\n"`: the group sizes are as even as
   possible, the first `T mod R` groups taking one step more (`T // R + 1`, then `T // R`).
   E.g. 7 thinking steps onto 3 response steps merge as `[s1..s3], [s4, s5], [s6, s7]`.
-  Thinking step `t` then pairs with response step `t`.
+  Thinking step `t` then pairs with response step `t` (`step_pairing` gives the group of
+  every unmerged step).
 
   With `T <= R` or an empty response the thinking is returned unchanged; thinking step `t`
   then pairs with response step `min(t, R - 1)` (the same `t`: later response steps have no
@@ -72,13 +87,10 @@ def align_steps(thinking: list[str], response: list[str]) -> list[str]:
   """
   if len(thinking) <= len(response) or not response:
     return list(thinking)
-  groups, extra = divmod(len(thinking), len(response))
-  merged, start = [], 0
-  for index in range(len(response)):
-    size = groups + (index < extra)
-    merged.append(STEP_SEPARATOR.join(thinking[start:start + size]))
-    start += size
-  return merged
+  groups: list[list[str]] = [[] for _ in response]
+  for step, group in zip(thinking, step_pairing(len(thinking), len(response))):
+    groups[group].append(step)
+  return [STEP_SEPARATOR.join(group) for group in groups]
 
 
 def _steps_of(text: str, field: str, *, required: bool) -> list[str]:

@@ -17,8 +17,8 @@ from prm_jax.data.tasks.base import (ANSWER_PREFIX, ERROR_KINDS, ChainTask, Erro
 from prm_jax.data.tasks.corpus import generate_corpus, label_solution
 from prm_jax.data.tasks.gsm8k import Gsm8kTask
 from prm_jax.data.tasks.lists import ListTask
-from prm_jax.data.tasks.thinking import (THINKING_KINDS, generate_thinking, parse_thinking_step,
-                                         thinking_trajectory)
+from prm_jax.data.tasks.thinking import (THINKING_KINDS, checker_judge, generate_thinking,
+                                         parse_thinking_step, plan_template, thinking_trajectory)
 
 TASKS: dict[str, type] = {"arithmetic": ArithmeticTask, "lists": ListTask, "gsm8k": Gsm8kTask}
 
@@ -36,5 +36,5 @@ def get_task(name: str, **knobs) -> ChainTask | Gsm8kTask:
 
 __all__ = ["ANSWER_PREFIX", "ERROR_KINDS", "TASKS", "THINKING_KINDS", "ArithmeticTask",
            "ChainTask", "ErrorKind", "Flawed", "Gsm8kTask", "ListTask", "Verdict",
-           "generate_corpus", "generate_thinking", "get_task", "label_solution",
-           "parse_thinking_step", "split_of", "thinking_trajectory"]
+           "checker_judge", "generate_corpus", "generate_thinking", "get_task", "label_solution",
+           "parse_thinking_step", "plan_template", "split_of", "thinking_trajectory"]

@@ -91,19 +91,19 @@ def _moves(lines: Sequence[str], first_error: int = -1) -> list[_Step]:
           for i, line in enumerate(lines)]
 
 
-def _error(task: ChainTask, problem: str, rng: np.random.Generator,
-           changes_answer: bool) -> Flawed | None:
-  """A solution with one injected error of a random applicable kind (one that changes the
-  final answer if `changes_answer`), or None if there is none."""
-  for kind in rng.permutation(sorted(ERROR_KINDS)):
+def _error(task: ChainTask, problem: str, rng: np.random.Generator, changes_answer: bool,
+           error_kinds: Sequence[str]) -> Flawed | None:
+  """A solution with one injected error of a random applicable kind of `error_kinds` (one
+  that changes the final answer if `changes_answer`), or None if there is none."""
+  for kind in rng.permutation(sorted(error_kinds)):
     flawed = task.flawed(problem, str(kind), rng)
     if flawed and not (changes_answer and task.check(problem, flawed.steps).solved):
       return flawed
   return None
 
 
-def _plan(task: ChainTask, problem: str, kind: str,
-          rng: np.random.Generator) -> tuple[list[_Step], list[str], str | None] | None:
+def _plan(task: ChainTask, problem: str, kind: str, rng: np.random.Generator,
+          error_kinds: Sequence[str]) -> tuple[list[_Step], list[str], str | None] | None:
   """(thinking steps, response steps, injected error kind), None if `kind` cannot occur."""
   clean = task.solve(problem)
   if kind == "clean":
@@ -114,14 +114,14 @@ def _plan(task: ChainTask, problem: str, kind: str,
     plan.insert(index + 1, _Step("again", clean[index], REDUNDANT_QUALITY))
     return plan, clean, None
   if kind == "exploration":
-    flawed = _error(task, problem, rng, changes_answer=False)
+    flawed = _error(task, problem, rng, False, error_kinds)
     if flawed is None:
       return None
     wrong, at = flawed.steps[flawed.first_error], flawed.first_error
     detour = [_Step("retracted", wrong, 0.0), _Step("check", wrong, 1.0)]
     return _moves(clean[:at]) + detour + _moves(clean[at:]), clean, flawed.kind
   if kind in ("unrecovered", "unsupported"):
-    flawed = _error(task, problem, rng, changes_answer=True)
+    flawed = _error(task, problem, rng, True, error_kinds)
     if flawed is None:
       return None
     response = flawed.steps if kind == "unrecovered" else clean
@@ -144,16 +144,16 @@ def _phrase(plan: Sequence[_Step], rng: np.random.Generator) -> list[str]:
   return texts
 
 
-def thinking_trajectory(task: ChainTask, problem: str, kind: str,
-                        rng: np.random.Generator) -> Trajectory:
+def thinking_trajectory(task: ChainTask, problem: str, kind: str, rng: np.random.Generator,
+                        error_kinds: Sequence[str] = tuple(ERROR_KINDS)) -> Trajectory:
   """One thinking + response pair of `kind` for `problem` (see the module docstring).
 
   A kind that cannot occur on the problem (no injectable error changes its answer) falls
   back to "clean"; `meta["kind"]` names the kind generated.
   """
-  planned = _plan(task, problem, kind, rng)
+  planned = _plan(task, problem, kind, rng, error_kinds)
   if planned is None:
-    kind, planned = "clean", _plan(task, problem, "clean", rng)
+    kind, planned = "clean", _plan(task, problem, "clean", rng, error_kinds)
   plan, response, error_kind = planned
   supports = [(step.line in response) != (step.role == "check") for step in plan]
   response_correct = task.check(problem, response).solved
@@ -170,7 +170,8 @@ def thinking_trajectory(task: ChainTask, problem: str, kind: str,
 
 
 def generate_thinking(task: ChainTask, problems: Sequence[str], *, seed: int,
-                      kinds: Sequence[str] = THINKING_KINDS) -> list[Trajectory]:
+                      kinds: Sequence[str] = THINKING_KINDS,
+                      error_kinds: Sequence[str] = tuple(ERROR_KINDS)) -> list[Trajectory]:
   """One thinking + response pair per problem, deterministic in `seed`.
 
   Problem `i` gets kind `kinds[i % len(kinds)]` (round robin, so every kind appears equally
@@ -178,6 +179,67 @@ def generate_thinking(task: ChainTask, problems: Sequence[str], *, seed: int,
   `thinking_trajectory`).
   """
   check_subset("kinds", kinds, THINKING_KINDS)
+  check_subset("error_kinds", error_kinds, tuple(ERROR_KINDS))
   rng = np.random.default_rng([seed, 3])  # A stream apart from the problems' and corpora's.
-  return [thinking_trajectory(task, problem, kinds[i % len(kinds)], rng)
+  return [thinking_trajectory(task, problem, kinds[i % len(kinds)], rng, error_kinds)
           for i, problem in enumerate(problems)]
+
+
+# ----------------------------------------------------------------------------- exact targets
+
+
+def _committed(earlier: Sequence[str]) -> list[str]:
+  """The solution lines the thinking steps `earlier` stand by: every move, less the ones a
+  check right after them rejected."""
+  lines = []
+  for step in earlier:
+    form, line = parse_thinking_step(step)
+    if form == "move":
+      lines.append(line)
+    elif form == "check" and lines and lines[-1] == line:
+      lines.pop()
+  return lines
+
+
+def checker_judge(task: ChainTask):
+  """The exact quality judge of generated thinking steps (a ReasonFlux `Judge`):
+  `judge(problem, earlier_steps, step, response) -> [0, 1]` from the task's checker alone.
+
+    move     1.0 if the committed lines so far and this one are all correct (the
+             checker's prefix label), else 0.0 (a wrong attempt, or a step on a wrong track)
+    check    1.0 if the line it rejects is the last committed one and is wrong, else 0.0
+    again    REDUNDANT_QUALITY if it restates a committed line that was on track, else 0.0
+
+  It sees the steps before `step` only, as a judge of `s_t` given `x, s_<t` must; on
+  `generate_thinking`'s pairs it gives back their known `step_quality` (tests)."""
+  def on_track(problem: str, lines: Sequence[str]) -> bool:
+    return all(task.check(problem, list(lines)).step_correct)
+
+  def judge(problem: str, earlier: Sequence[str], step: str, response: Sequence[str]) -> float:
+    del response  # The checker knows the gold solution; the response adds nothing.
+    committed = _committed(earlier)
+    form, line = parse_thinking_step(step)
+    if form == "check":
+      return float(bool(committed) and committed[-1] == line
+                   and not on_track(problem, committed))
+    if form == "again":
+      return REDUNDANT_QUALITY * float(
+          line in committed and on_track(problem, committed[:committed.index(line) + 1]))
+    return float(on_track(problem, committed + [line]))
+  return judge
+
+
+def plan_template(task: ChainTask, problem: str, response: Sequence[str]) -> str:
+  """The template of a pair `(x, y)` on a chain task: the operations the response's steps
+  apply, in order, from the problem's start, written as a problem (`"7+5*3=?"`); "" if
+  no step of the response parses (no plan to follow).
+
+  A policy solving the template follows the response's plan; its final answer is right
+  for `x` only if the plan is (a skipped or misread operation is not; an arithmetic slip
+  in the response leaves the plan right). This is ReasonFlux's template-guided trajectory
+  reward on data whose templates can be read exactly."""
+  start, _ = task.parse_problem(problem)
+  ops = [parsed[0] for line in response
+         if (parsed := task.parse_step(line.strip())) is not None]
+  return task.render_problem(start, ops) if ops else ""
+
