@@ -10,6 +10,8 @@ each; an interrupted sweep resumes), then writes `<workdir>/summary.md` (printed
   * selection -> SFT: per selector, the students' test accuracy (greedy, sampled), mean and
     spread (max - min) over seeds, and what the selection held;
   * Best-of-N over candidate pairs: per selector, accuracy and the pick's trajectory quality;
+  * GRPO from the SFT policy: rule-only reward vs the mix with ReasonFlux-PRM, final test
+    accuracy and ReasonFlux-PRM's reward (the hacking monitor);
   * the PRM against the known truth on held-out pairs (step / trajectory Pearson, AUROC);
   * verdicts: the claim holds where ReasonFlux-PRM's mean beats the baseline's by more than
     the larger of the two spreads; within it, "no difference shown".
@@ -44,6 +46,31 @@ def verdict(ours: list[float], theirs: list[float]) -> str:
   return f"no difference shown ({mean - other:+.3f} within spread {margin:.3f})"
 
 
+def grpo_summary(results: list[dict]) -> list[str]:
+  """GRPO from the SFT policy: per reward, the final test figures; the verdict of the mixed
+  reward against rule-only."""
+  runs = results[0]["grpo"]["runs"]
+  steps = next(iter(runs.values()))["steps"]
+  metrics = ("greedy_accuracy", "sampled_accuracy", "prm_reward", "prm_gap")
+  lines = ["", f"GRPO from the SFT policy, {steps} steps; test figures, mean (spread):", "",
+           "| reward | greedy | sampled | ReasonFlux reward | gap (reward - sampled acc.) |",
+           "|---|---|---|---|---|"]
+  rows = {"(SFT policy)": [r["grpo"]["policy"] for r in results]}
+  rows.update({name: [r["grpo"]["runs"][name]["final"] for r in results] for name in runs})
+  for name, finals in rows.items():
+    cells = [_stats([f[m] for f in finals]) for m in metrics]
+    lines.append(f"| {name} | " + " | ".join(f"{m:.3f} ({s:.3f})" for m, s in cells) + " |")
+  mixed = [n for n in runs if n.endswith("_mix")]
+  rule = [n for n in runs if n.endswith("_outcome")]
+  if mixed and rule:
+    lines.append("")
+    for metric in ("sampled_accuracy", "greedy_accuracy"):
+      lines.append(f"- GRPO {metric.split('_')[0]} accuracy, mixed reward vs rule-only: "
+                   + verdict([f[metric] for f in rows[mixed[0]]],
+                             [f[metric] for f in rows[rule[0]]]))
+  return lines
+
+
 def summary(seeds: list[int], results: list[dict]) -> str:
   machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
   first = results[0]
@@ -72,7 +99,8 @@ def summary(seeds: list[int], results: list[dict]) -> str:
   bon = {name: [r["bon"][name]["accuracy"] for r in results] for name in first["bon"]}
   lines += [""] + [f"- Best-of-{n}, ReasonFlux-PRM vs {name}: "
                    f"{verdict(bon['reasonflux'], bon[name])}"
-                   for name in ("random", "majority", "reasonflux_steps")]
+                   for name in ("random", "majority", "reasonflux_steps", "step_prm")]
+  lines += grpo_summary(results)
   metrics = {m: _stats([r["prm_metrics"][m] for r in results if r["prm_metrics"][m] is not None]
                        or [np.nan])
              for m in ("step_pearson", "step_auroc", "final_pearson", "final_auroc")}

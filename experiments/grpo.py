@@ -39,6 +39,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   with config.unlocked():
     config.pipeline = "policy_rl"
     del config["orm"], config["eval"]  # The quickstart's ORM and Best-of-N: not used here.
+    add_rl_sections(config, smoke)
+    if smoke:
+      config.data.update(sft_problems=500, prm_problems=32, test_problems=16)
+      config.sft.train.update(total_steps=60, warmup_steps=10, log_every=20,
+                              checkpoint_every=30)
+      config.labeling.update(rollouts=2)
+      config.prm.train.update(total_steps=10, warmup_steps=2, log_every=5,
+                              checkpoint_every=10)
+  config.lock()
+  return config
+
+
+def add_rl_sections(config: ml_collections.ConfigDict, smoke: bool) -> None:
+  """The sections of an online RL run (`pipelines.policy_rl.train_run`): `rl`, `rollout`,
+  `grpo`, `dpo`, `reward`; on the quickstart's config (its sampling settings)."""
+  with config.unlocked():
     config.rl = ml_collections.ConfigDict(dict(
         method="grpo",
         name="",  # Run directory in the workdir; "" = <method>_<reward>.
@@ -59,12 +75,3 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         grpo.GRPOConfig, eps_low=0.2, eps_high=0.28, aggregation="token", kl_coef=1e-3)
     config.dpo = config_lib.dataclass_section(dpo.DPOConfig)
     config.reward = ml_collections.ConfigDict(dict(name="mix", aggregation="min", beta=0.5))
-    if smoke:
-      config.data.update(sft_problems=500, prm_problems=32, test_problems=16)
-      config.sft.train.update(total_steps=60, warmup_steps=10, log_every=20,
-                              checkpoint_every=30)
-      config.labeling.update(rollouts=2)
-      config.prm.train.update(total_steps=10, warmup_steps=2, log_every=5,
-                              checkpoint_every=10)
-  config.lock()
-  return config

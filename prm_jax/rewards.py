@@ -6,13 +6,18 @@ reward named by `RewardSettings.name`, and adds the reward-hacking monitor's sta
 (`monitor`). The rewards (`REWARDS`, each `reward(samples, settings)`):
 
   outcome    1 if the task's verifier accepts the final answer, else 0            `[R]`
-  prm        a trained PRM's step scores aggregated by min / last / mean / prod   `[R]`
+  prm        the reward model's score of the completion, in [0, 1]                 `[R]`
   mix        (1 - beta) * outcome + beta * prm (ReasonFlux-PRM's RL reward)       `[R]`
   prm_steps  every step's PRM score: dense step rewards for GRPO's process-
              supervised advantages (`objectives.grpo.process_advantages`)        `StepRewards`
 
-The PRM's forward pass and the aggregation are jitted (`evaluate.prm_scores.StepScorer`,
-`kernels.aggregate_step_scores`); reading text and the verifier are Python.
+Two reward models fill `RewardSettings.prm`: `PRM`, a step PRM whose completion score is
+its step scores aggregated by min / last / mean / prod; and `ReasonFluxPRM`, whose score is
+ReasonFlux-PRM's step and trajectory score of the completion read as a thinking + response
+pair, `(mean_t R(s_t) + alpha R(x, y)) / (1 + alpha)` (so `mix` with it is the paper's RL
+reward with the trajectory term, not only the first step's score). The forward passes and
+the aggregation are jitted (`evaluate.prm_scores.StepScorer`, `kernels.aggregate_step_
+scores`); reading text and the verifier are Python.
 
 A new reward is a function of the samples and the settings, registered by name:
 
@@ -48,7 +53,10 @@ from prm_jax.data.schema import Trajectory
 from prm_jax.data.tasks.base import ChainTask, Verdict
 from prm_jax.data.tokenizer import Tokenizer
 from prm_jax.evaluate.prm_scores import StepScorer
+from prm_jax.data.tasks.thinking import straight_thinking
+from prm_jax.data.tokenize import tokenize_stepwise
 from prm_jax.kernels.scoring import AGGREGATIONS, aggregate_step_scores
+from prm_jax.objectives.reasonflux import pair_score, reasonflux_example
 
 
 @dataclasses.dataclass
@@ -144,21 +152,97 @@ class PRM:
                                           zip(samples.problems, samples.steps)])
     return samples.cache["prm"]
 
+  def sequence_scores(self, samples: Samples, aggregation: str) -> np.ndarray:
+    """`[R]` the step scores aggregated; a completion without steps scores 0."""
+    return aggregate(self.step_scores(samples), aggregation)
+
+  def score_trajectories(self, trajectories: Sequence[Trajectory], aggregation: str
+                         ) -> np.ndarray:
+    """`[R]` the same score of trajectories (an evaluator's samples)."""
+    return aggregate(self.scorer(trajectories), aggregation)
+
+
+class ReasonFluxPRM:
+  """ReasonFlux-PRM (`objectives.reasonflux`) as a reward model for a policy that writes a
+  response without a separate thinking phase: the completion's lines are the response, and
+  `thinking(lines)` is read as its thinking trajectory (default `straight_thinking`: the
+  lines phrased as the synthetic pairs' moves, i.e. the policy thought its answer through
+  once). Per row, `[T + 1]` scores: one per thinking step (one per line), then the
+  trajectory score. Rows without lines, with more than `max_steps - 1` lines, or whose pair
+  does not fit `max_length` tokens get no scores (their reward is 0, like a completion
+  without steps; `unscored` in the monitor counts them).
+  """
+
+  def __init__(self, model_config: models.ModelConfig, params, tokenizer: Tokenizer, *,
+               max_length: int, max_steps: int, alpha: float = 1.0, batch_size: int = 64,
+               mesh=None, thinking: Callable[[Sequence[str]], list[str]] = straight_thinking):
+    if alpha < 0:
+      raise ValueError(f"alpha={alpha} must be >= 0")
+    self.scorer = StepScorer(model_config, params, tokenizer, max_length=max_length,
+                             max_steps=max_steps, batch_size=batch_size, mesh=mesh)
+    self.tokenizer, self.max_length, self.max_steps = tokenizer, max_length, max_steps
+    self.alpha, self.thinking = alpha, thinking
+
+  def pair_scores(self, problems: Sequence[str], steps: Sequence[Sequence[str]]
+                  ) -> list[np.ndarray | None]:
+    """`[T + 1]` scores per completion (None: not scored, see the class docstring)."""
+    examples = {}
+    for row, (problem, lines) in enumerate(zip(problems, steps)):
+      if not lines or len(lines) + 1 > self.max_steps:
+        continue
+      example = reasonflux_example(Trajectory(problem=problem, steps=self.thinking(lines),
+                                              response=list(lines)))
+      if len(tokenize_stepwise(self.tokenizer, example)["input_ids"]) <= self.max_length:
+        examples[row] = example
+    scored = dict(zip(examples, self.scorer(list(examples.values()))))
+    return [scored.get(row) for row in range(len(steps))]
+
+  def _rows(self, samples: Samples) -> list[np.ndarray | None]:
+    if "reasonflux" not in samples.cache:
+      samples.cache["reasonflux"] = self.pair_scores(samples.problems, samples.steps)
+    return samples.cache["reasonflux"]
+
+  def step_scores(self, samples: Samples) -> list[np.ndarray]:
+    """`[len(steps)]` the thinking steps' scores per row (empty when not scored)."""
+    return [np.zeros(0, np.float32) if s is None else s[:-1] for s in self._rows(samples)]
+
+  def _normalised(self, rows: Sequence[np.ndarray | None]) -> np.ndarray:
+    return np.array([0.0 if s is None else pair_score(s, self.alpha) / (1 + self.alpha)
+                     for s in rows], np.float32)
+
+  def sequence_scores(self, samples: Samples, aggregation: str) -> np.ndarray:
+    """`[R]` `(mean_t R(s_t) + alpha R(x, y)) / (1 + alpha)` in [0, 1] (the aggregation is
+    the paper's mean: `aggregation` is not used)."""
+    del aggregation
+    return self._normalised(self._rows(samples))
+
+  def score_trajectories(self, trajectories: Sequence[Trajectory], aggregation: str
+                         ) -> np.ndarray:
+    del aggregation
+    return self._normalised(self.pair_scores([t.problem for t in trajectories],
+                                             [t.steps for t in trajectories]))
+
+  def unscored(self, samples: Samples) -> np.ndarray:
+    """`[R]` 1 for rows the PRM could not score."""
+    return np.array([s is None for s in self._rows(samples)], np.float32)
+
 
 @dataclasses.dataclass(frozen=True)
 class RewardSettings:
   """An experiment's `config.reward` (plus the PRM, built by the pipeline).
 
   name: a key of `REWARDS`.
-  aggregation: how `prm` / `mix` turn step scores into one score (`kernels.AGGREGATIONS`).
+  aggregation: how a `PRM`'s step scores become one score in `prm` / `mix`
+    (`kernels.AGGREGATIONS`).
   beta: weight of the PRM in `mix`, in [0, 1].
-  prm: the PRM (`PRM`), needed by every reward that reads one, and by the monitor.
+  prm: the reward model (`PRM` or `ReasonFluxPRM`), needed by every reward that reads one,
+    and by the monitor.
   """
 
   name: str = "outcome"
   aggregation: str = "min"
   beta: float = 0.5
-  prm: PRM | None = None
+  prm: "PRM | ReasonFluxPRM | None" = None
 
   def __post_init__(self):
     if self.name not in REWARDS:
@@ -182,15 +266,10 @@ def register(name: str) -> Callable[[Reward], Reward]:
   return add
 
 
-def _needs_prm(settings: RewardSettings) -> PRM:
+def _needs_prm(settings: RewardSettings) -> "PRM | ReasonFluxPRM":
   if settings.prm is None:
     raise ValueError(f"reward.name={settings.name!r} needs a PRM, and none was given")
   return settings.prm
-
-
-def prm_scores(samples: Samples, prm: PRM, aggregation: str) -> np.ndarray:
-  """`[R]` aggregated PRM scores in [0, 1]; a completion without steps scores 0."""
-  return aggregate(prm.step_scores(samples), aggregation)
 
 
 def aggregate(steps: Sequence[np.ndarray], aggregation: str) -> np.ndarray:
@@ -220,7 +299,7 @@ def outcome(samples: Samples, settings: RewardSettings) -> np.ndarray:
 
 @register("prm")
 def prm(samples: Samples, settings: RewardSettings) -> np.ndarray:
-  return prm_scores(samples, _needs_prm(settings), settings.aggregation)
+  return _needs_prm(settings).sequence_scores(samples, settings.aggregation)
 
 
 @register("mix")
@@ -248,12 +327,14 @@ def monitor(samples: Samples, settings: RewardSettings) -> dict[str, np.ndarray]
                                   np.float32),
       "steps": np.array([len(s) for s in samples.steps], np.float32)}
   if settings.prm is not None:
-    stats["prm_reward"] = prm_scores(samples, settings.prm, settings.aggregation)
+    stats["prm_reward"] = settings.prm.sequence_scores(samples, settings.aggregation)
     stats["prm_gap"] = stats["prm_reward"] - stats["outcome"]
     step_scores = settings.prm.step_scores(samples)
     stats["prm_step_agreement"] = np.array(
         [np.mean((np.asarray(s) >= 0.5) == np.asarray(v.step_correct)) if len(s) else 0.0
          for s, v in zip(step_scores, verdicts)], np.float32)
+    if isinstance(settings.prm, ReasonFluxPRM):
+      stats["unscored"] = settings.prm.unscored(samples)
   return stats
 
 

@@ -36,15 +36,20 @@ def smoke(tmp_path_factory):
   return workdir
 
 
+SMOKE_SELECTORS = ("random", "reasonflux", "oracle", "step_prm")  # experiments/reasonflux.py
+
+
 def test_smoke_run_writes_every_artefact(smoke):
   for path in ("tasks.json", "pairs.json", "targets.json", "scores.json", "results.json",
                "results.md", "selection.png", "policy/metrics.jsonl",
-               "reasonflux_prm/metrics.jsonl",
-               *(f"student_{s}.json" for s in reasonflux.SELECTORS),
-               *(f"student_{s}/metrics.jsonl" for s in reasonflux.SELECTORS)):
+               "reasonflux_prm/metrics.jsonl", "step_prm/metrics.jsonl",
+               "step_prm_scores.json", "grpo/results.md", "grpo/rl_curves.png",
+               *(f"grpo/grpo_{r}/results.json" for r in ("outcome", "mix")),
+               *(f"student_{s}.json" for s in SMOKE_SELECTORS),
+               *(f"student_{s}/metrics.jsonl" for s in SMOKE_SELECTORS)):
     assert os.path.isfile(smoke / path), path
   results = _read(smoke, "results.json")
-  assert set(results["students"]) == set(reasonflux.SELECTORS)
+  assert set(results["students"]) == set(SMOKE_SELECTORS)
   for name, student in results["students"].items():
     for metric in ("greedy_accuracy", "sampled_accuracy", "response_correct",
                    "trajectory_quality"):
@@ -54,7 +59,32 @@ def test_smoke_run_writes_every_artefact(smoke):
   assert results["template_tokens"] > 0
   with open(smoke / "results.md", encoding="utf-8") as f:
     report = f.read()
-  assert "| reasonflux |" in report and "Best-of-4" in report
+  assert "| reasonflux |" in report and "Best-of-4" in report and "| grpo_mix |" in report
+
+
+def test_grpo_runs_use_their_reward(smoke):
+  """Rule-only and mixed GRPO: the logged training reward is the outcome, resp. (1 - beta)
+  outcome + beta times ReasonFlux-PRM's reward (`rollout_prm_reward`, logged in both runs)."""
+  results = _read(smoke, "results.json")["grpo"]
+  assert set(results["runs"]) == {"grpo_outcome", "grpo_mix"}
+  for name, beta in (("grpo_outcome", 0.0), ("grpo_mix", 0.5)):
+    run = results["runs"][name]
+    assert run["steps"] == 4 and run["generated_tokens"] > 0
+    assert 0 <= run["final"]["prm_reward"] <= 1
+    records = [json.loads(line) for line in open(smoke / "grpo" / name / "metrics.jsonl")]
+    train = [r for r in records if "train/rollout_reward" in r]
+    assert len(train) == 4, name
+    for r in train:
+      assert r["train/rollout_reward"] == pytest.approx(
+          (1 - beta) * r["train/rollout_outcome"] + beta * r["train/rollout_prm_reward"],
+          abs=1e-5), name
+
+
+def test_step_prm_scores_every_response(smoke):
+  pairs, step_prm = _read(smoke, "pairs.json"), _read(smoke, "step_prm_scores.json")
+  assert len(step_prm["pool"]) == len(pairs["pool"])
+  assert [len(g) for g in step_prm["bon"]] == [len(g) for g in pairs["bon"]]
+  assert all(0 <= v <= 1 for v in step_prm["pool"])
 
 
 def test_targets_and_scores_have_a_value_per_step(smoke):
@@ -73,16 +103,16 @@ def test_targets_and_scores_have_a_value_per_step(smoke):
 
 def test_selections_are_the_top_k_by_each_selector(smoke):
   """Recompute what each student was given from pairs.json and scores.json."""
-  pairs, scores, results = (_read(smoke, n) for n in ("pairs.json", "scores.json",
-                                                      "results.json"))
+  pairs, scores, step_prm, results = (_read(smoke, n) for n in (
+      "pairs.json", "scores.json", "step_prm_scores.json", "results.json"))
   pool = [Trajectory.from_dict(x) for x in pairs["pool"]]
   k = results["top_k"]
-  for selector in ("oracle", "reasonflux"):
-    if selector == "oracle":
-      keys = np.array([x.meta["trajectory_quality"] for x in pool])
-    else:
-      keys = np.array([pair_score(s, 1.0) for s in scores["pool"]])
-    chosen = reasonflux.select(selector, pool, scores["pool"], k, 1.0, seed=0)
+  for selector in ("oracle", "reasonflux", "step_prm"):
+    keys = {"oracle": np.array([x.meta["trajectory_quality"] for x in pool]),
+            "reasonflux": np.array([pair_score(s, 1.0) for s in scores["pool"]]),
+            "step_prm": np.array(step_prm["pool"])}[selector]
+    chosen = reasonflux.select(selector, pool, scores["pool"], step_prm["pool"], k, 1.0,
+                               seed=0)
     assert len(chosen) == k
     # Every kept pair scores at least as high as every dropped one.
     dropped = np.setdiff1d(np.arange(len(pool)), chosen)

@@ -1,13 +1,17 @@
 """Rewards: samples read as steps with their last tokens, the checker's outcome, PRM
-aggregations, the ReasonFlux mix, dense step rewards, the monitor, a registered reward."""
+aggregations, the ReasonFlux mix (with a step PRM and with ReasonFlux-PRM reading the
+completion as a thinking + response pair), dense step rewards, the monitor, a registered
+reward."""
 
 import jax
 import numpy as np
 import pytest
 
 from prm_jax import models, online, rewards
-from prm_jax.data import CharTokenizer
-from prm_jax.data.tasks import get_task
+from prm_jax.data import CharTokenizer, Trajectory
+from prm_jax.data.tasks import get_task, parse_thinking_step, straight_thinking
+from prm_jax.data.tokenize import tokenize_stepwise
+from prm_jax.objectives.reasonflux import RESPONSE_JOIN
 
 TOKENIZER = CharTokenizer()
 TASK = get_task("arithmetic", min_ops=1, max_ops=3, min_operand=1, max_operand=9,
@@ -106,3 +110,63 @@ def test_a_registered_reward_drives_the_scorer():
 def test_bad_reward_settings_name_the_field(make, message):
   with pytest.raises(ValueError, match=message):
     make()
+
+
+@pytest.fixture(scope="module")
+def reasonflux_model():
+  config = models.get_model_config("tiny", vocab_size=TOKENIZER.vocab_size, max_seq_len=160)
+  return config, models.init_params(config, jax.random.key(1))
+
+
+def test_reasonflux_reward_scores_the_completion_as_a_thinking_response_pair(reasonflux_model):
+  """Every row against the model run on that row's pair alone: thinking = the lines
+  phrased as moves, then the response as one step; the score is the normalised pair score."""
+  config, params = reasonflux_model
+  alpha, beta = 0.5, 0.4
+  reward_model = rewards.ReasonFluxPRM(config, params, TOKENIZER, max_length=128,
+                                       max_steps=WIDTH, alpha=alpha, batch_size=4)
+  samples = rewards.read_samples(_rollouts(ROWS), PROBLEMS, TOKENIZER, TASK)
+  expected_steps, expected = [], []
+  for problem, lines in zip(samples.problems, samples.steps):
+    if not lines:
+      expected_steps.append(np.zeros(0))
+      expected.append(0.0)
+      continue
+    thinking = straight_thinking(lines)
+    assert [parse_thinking_step(t) for t in thinking] == [("move", line) for line in lines]
+    example = tokenize_stepwise(TOKENIZER, Trajectory(
+        problem=problem, steps=[*thinking, RESPONSE_JOIN.join(lines)]))
+    out = models.forward(config, params, np.array([example["input_ids"]]),
+                         step_positions=np.array([example["step_ends"]]), lm_logits="none")
+    scores = np.asarray(out["step_scores"][0], np.float64)
+    assert len(scores) == len(lines) + 1
+    expected_steps.append(scores[:-1])
+    expected.append((scores[:-1].mean() + alpha * scores[-1]) / (1 + alpha))
+  settings = rewards.RewardSettings(name="mix", beta=beta, prm=reward_model)
+  for got, want in zip(reward_model.step_scores(samples), expected_steps):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(rewards.prm(samples, settings), expected, rtol=1e-4, atol=1e-6)
+  outcome = np.array([1, 0, 1, 0, 0])
+  np.testing.assert_allclose(rewards.mix(samples, settings),
+                             (1 - beta) * outcome + beta * np.array(expected), rtol=1e-4,
+                             atol=1e-6)
+  stats = rewards.monitor(samples, settings)
+  np.testing.assert_array_equal(stats["unscored"], [0, 0, 0, 0, 1])
+  np.testing.assert_allclose(stats["prm_reward"], expected, rtol=1e-4, atol=1e-6)
+  # The evaluator's path gives the same scores.
+  trajectories = [Trajectory(problem=p, steps=s) for p, s in zip(samples.problems, samples.steps)]
+  np.testing.assert_allclose(reward_model.score_trajectories(trajectories, "min"), expected,
+                             rtol=1e-4, atol=1e-6)
+
+
+def test_reasonflux_reward_leaves_pairs_that_do_not_fit_unscored(reasonflux_model):
+  config, params = reasonflux_model
+  samples = rewards.read_samples(_rollouts(ROWS), PROBLEMS, TOKENIZER, TASK)
+  # 70 tokens hold the two-line pairs (63 and 44 tokens) but not the three-line one (79).
+  short = rewards.ReasonFluxPRM(config, params, TOKENIZER, max_length=70, max_steps=WIDTH)
+  assert list(short.unscored(samples)) == [0, 0, 1, 0, 1]
+  few_steps = rewards.ReasonFluxPRM(config, params, TOKENIZER, max_length=128, max_steps=3)
+  assert list(few_steps.unscored(samples)) == [0, 0, 1, 0, 1]  # 3 lines + the response.
+  assert short.sequence_scores(samples, "min")[2] == 0
+  with pytest.raises(ValueError, match="alpha=-1"):
+    rewards.ReasonFluxPRM(config, params, TOKENIZER, max_length=48, max_steps=4, alpha=-1)

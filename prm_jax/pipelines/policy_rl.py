@@ -25,6 +25,7 @@ Test problems are only ever evaluated, never trained or tuned on.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import time
@@ -61,21 +62,23 @@ def run_name(config: ml_collections.ConfigDict) -> str:
   return name
 
 
-def _settings(config):
-  """The typed sections, validated before anything runs (bad values name their field)."""
+def settings(config, reward: dict | None = None):
+  """`(rollout, objective, train config)` of the typed sections, validated before anything
+  runs (bad values name their field); `reward` (default `config.reward`) is checked too."""
   if config.rl.method not in METHODS:
     raise ValueError(f"rl.method={config.rl.method!r} is not one of {METHODS}")
   rollout = online.RolloutConfig(seed=config.seed, **config.rollout.to_dict())
   objective = (config_lib.from_section(grpo.GRPOConfig, config.grpo) if config.rl.method == "grpo"
                else config_lib.from_section(dpo.DPOConfig, config.dpo))
-  rewards.RewardSettings(**config.reward.to_dict())  # Checks name, aggregation, beta.
-  if config.rl.method == "dpo" and config.reward.name == "prm_steps":
+  reward = config.reward.to_dict() if reward is None else reward
+  rewards.RewardSettings(**reward)  # Checks name, aggregation, beta.
+  if config.rl.method == "dpo" and reward["name"] == "prm_steps":
     raise ValueError("reward.name='prm_steps' gives step rewards; online DPO ranks by a "
                      "sequence reward (outcome, prm or mix)")
   return rollout, objective, config_lib.train_config(config.rl.train)
 
 
-def _rl_problems(config, task, tasks: dict) -> list[str]:
+def rl_problems(config, task, tasks: dict) -> list[str]:
   """`rl.problems` train-split problems apart from the SFT and PRM problems."""
   taken = {t["problem"] for t in tasks["sft"]} | set(tasks["prm"])
   count = config.rl.problems
@@ -116,13 +119,17 @@ def _steps_to(curve: dict, target: float, initial: float) -> int | None:
   return hits[0] if hits else None
 
 
-def _train(config, model_config, tokenizer, task, problems, policy_params, prm, evaluator,
-           run_dir: str, mesh, initial: dict) -> dict:
-  """Train the run (resuming from its checkpoints) and summarise it."""
-  rollout, objective, train_config = _settings(config)
+def train_run(config, model_config, tokenizer, task, problems, policy_params,
+              reward: rewards.RewardSettings, evaluator, run_dir: str, mesh,
+              initial: dict) -> dict:
+  """Train one run of `config.rl.method` on `problems` against `reward` from
+  `policy_params` (resuming from its checkpoints in `run_dir`) and summarise it: final and
+  initial test figures, curves, steps to `rl.target_accuracy`, tokens, wall time."""
+  reward_section = {f.name: getattr(reward, f.name)
+                    for f in dataclasses.fields(reward) if f.name != "prm"}
+  rollout, objective, train_config = settings(config, reward_section)
   start = time.perf_counter()
-  settings = rewards.RewardSettings(**config.reward.to_dict(), prm=prm)
-  score = rewards.make_scorer(settings, problems=problems, tokenizer=tokenizer, task=task)
+  score = rewards.make_scorer(reward, problems=problems, tokenizer=tokenizer, task=task)
   prompts = [prompt_ids(tokenizer, p) for p in problems]
   pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
   is_dpo = config.rl.method == "dpo"
@@ -145,7 +152,7 @@ def _train(config, model_config, tokenizer, task, problems, policy_params, prm, 
   test = curves["test"]
   final = {name: values[-1] for name, values in test.items() if name != "step"}
   return {"name": os.path.basename(run_dir), "method": config.rl.method,
-          "reward": config.reward.to_dict(), "steps": train_config.total_steps * iterations,
+          "reward": reward_section, "steps": train_config.total_steps * iterations,
           "final": final, "initial": initial, "curves": curves,
           "steps_to_target": _steps_to(test, config.rl.target_accuracy,
                                        initial["sampled_accuracy"]),
@@ -154,7 +161,7 @@ def _train(config, model_config, tokenizer, task, problems, policy_params, prm, 
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  rollout, _, _ = _settings(config)
+  rollout, _, _ = settings(config)
   name = run_name(config)
   mesh = config_lib.make_mesh(config.mesh)
   task = get_task(config.task.name, **{k: v for k, v in config.task.items() if k != "name"})
@@ -163,7 +170,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # 1. Problems: the quickstart's, and the RL prompts.
   tasks = stages.stage(workdir, "tasks.json", lambda: stages.make_tasks(config, task))
   problems = stages.stage(workdir, "rl_problems.json",
-                          lambda: _rl_problems(config, task, tasks))
+                          lambda: rl_problems(config, task, tasks))
   stages.check_reward_lengths(config, tokenizer, tasks["prm"], ("prm",))
   _check_lengths(config, tokenizer, problems + tasks["test"], rollout)
 
@@ -194,12 +201,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       model_config, tokenizer, task, tasks["test"], max_new_tokens=rollout.max_new_tokens,
       temperature=rollout.temperature, samples_per_problem=config.rl.eval_samples,
       seed=config.seed + 3, prompts_per_batch=config.sampling.prompts_per_batch, mesh=mesh,
-      prm_scores=lambda trajectories: rewards.aggregate(prm.scorer(trajectories), aggregation))
+      prm_scores=lambda trajectories: prm.score_trajectories(trajectories, aggregation))
   initial = stages.stage(workdir, "policy_eval.json", lambda: evaluator(policy_params))
 
   # 5. The RL run.
-  stages.stage(workdir, os.path.join(name, RUN_RESULTS), lambda: _train(
-      config, model_config, tokenizer, task, problems, policy_params, prm, evaluator,
+  reward = rewards.RewardSettings(**config.reward.to_dict(), prm=prm)
+  stages.stage(workdir, os.path.join(name, RUN_RESULTS), lambda: train_run(
+      config, model_config, tokenizer, task, problems, policy_params, reward, evaluator,
       os.path.join(workdir, name), mesh, initial))
 
   # 6. Every finished run in the workdir, compared.

@@ -2,9 +2,10 @@
 
 A trajectory-aware PRM is trained on thinking-trajectory + response pairs from its own
 targets (step rewards: alignment, quality, coherence; trajectory reward: template-guided
-success rate) and used two ways the paper uses it: to **select SFT data** (keep the top-K
-pairs of a pool by `mean_t R(s_t) + alpha * R(x, y)`, fine-tune a policy on them) and as a
-**Best-of-N** verifier over candidate pairs. The pairs are synthetic and of known quality
+success rate) and used the three ways the paper uses it: to **select SFT data** (keep the
+top-K pairs of a pool by `mean_t R(s_t) + alpha * R(x, y)`, fine-tune a policy on them), as
+a **GRPO reward** (`(1 - beta) r_outcome + beta r_ReasonFlux`, the step and trajectory
+terms) and as a **Best-of-N** verifier over candidate pairs. The pairs are synthetic and of known quality
 (`prm_jax.data.tasks.thinking`: clean, exploration with self-correction, redundant,
 unrecovered errors, thinking that does not support its response), so every score is checked
 against exact ground truth. Stages, in order; each writes atomically and a rerun with the same
@@ -22,17 +23,29 @@ workdir skips what is finished (training stages resume from their checkpoints):
   reasonflux_prm/   the PRM (initialised from the policy), loss `lambda_step * mean_t
                     (R(s_t) - r_t)^2 + lambda_final * (R(x, y) - r_final)^2`
   scores.json       its scores of the pool and the Best-of-N candidates
+  step_prm/         the baseline: a step PRM of the quickstart's kind trained on the `prm`
+                    pairs' *responses* only (lines labelled by the checker, step BCE), and
+  step_prm_scores.json  its scores (`step_prm.aggregation` of the lines) of the same pairs
   student_<sel>/    per selector, a policy trained from scratch (SFT, `student`) on the
                     responses of the top `selection.top_k` pool pairs, and its test accuracy
                     (`student_<sel>.json`)
+  grpo/             GRPO from the SFT policy, one run per reward of `rl.rewards` (`outcome`:
+                    rule only; `mix`: with ReasonFlux-PRM), through `policy_rl.train_run`;
+                    `grpo/results.md` and `grpo/rl_curves.png` compare them
   results.json, results.md, selection.png
 
 Selectors: `random`; `outcome` (the response's final answer is right: a rule filter needing
 the gold answer); `reasonflux` (the pair score, `selection.alpha`); `reasonflux_steps`
-(alpha = 0: the step scores alone); `oracle` (the known trajectory quality). Ties are broken
-at random. Students learn the *responses* of the pairs they are given (the thinking would
-triple the sequence length of a character-level policy; the selection still reads it).
-Test problems are only evaluated, never trained or tuned on.
+(alpha = 0: the step scores alone); `oracle` (the known trajectory quality); `step_prm` (the
+baseline step PRM's score of the response). Ties are broken at random. Students learn the
+*responses* of the pairs they are given (the thinking would triple the sequence length of a
+character-level policy; the selection still reads it).
+
+GRPO. The policy writes responses without a thinking phase; the reward model
+(`rewards.ReasonFluxPRM`) reads each rollout as a pair whose thinking is the response's lines
+phrased as moves (`straight_thinking`) and scores it `(mean_t R(s_t) + alpha R(x, y)) / (1 +
+alpha)` in [0, 1]. The rule-only run logs that score too, so the two runs' hacking monitors
+compare. Test problems are only evaluated, never trained or tuned on.
 """
 
 from __future__ import annotations
@@ -45,21 +58,25 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from prm_jax import config_lib, files, policy
+from prm_jax import config_lib, files, policy, rewards
 from prm_jax.data import Trajectory, pipeline
 from prm_jax.data.tasks import (checker_judge, generate_thinking, get_task, plan_template,
                                 thinking_trajectory)
 from prm_jax.data.tokenize import tokenize_stepwise
 from prm_jax.evaluate.policy_eval import make_policy_evaluator
+from prm_jax.evaluate import rl_report
 from prm_jax.evaluate.report import plot_selection
 from prm_jax.labeling import reasonflux as targets_lib
 from prm_jax.objectives import reasonflux as objective
 from prm_jax.objectives.sft import make_sft_loss
-from prm_jax.pipelines import stages
+from prm_jax.pipelines import policy_rl, stages
 
-SELECTORS = ("random", "outcome", "reasonflux", "reasonflux_steps", "oracle")
-BON_SELECTORS = ("random", "majority", "reasonflux", "reasonflux_steps", "oracle")
+# New selectors go at the end: a selector's tie-breaking stream is seeded by its index.
+SELECTORS = ("random", "outcome", "reasonflux", "reasonflux_steps", "oracle", "step_prm")
+BON_SELECTORS = ("random", "majority", "reasonflux", "reasonflux_steps", "oracle", "step_prm")
 PRM = "reasonflux_prm"  # The PRM's stage directory and config section.
+STEP_PRM = "step_prm"  # The baseline step PRM's stage directory and config section.
+GRPO = "grpo"  # The GRPO runs' folder (a `policy_rl` workdir of their own).
 
 
 # ----------------------------------------------------------------------------- data
@@ -184,11 +201,44 @@ def pair_scores(config, model_config, params, tokenizer, pairs, max_steps, mesh)
   return [[float(v) for v in s] for s in scores]
 
 
+def train_step_prm(config, task, model_config, tokenizer, pairs, workdir, mesh, init_params):
+  """The baseline: a step PRM of the quickstart's kind (step BCE on solution lines) trained
+  on the *responses* of `pairs` only, each line labelled by the task's checker (the same
+  exact judge as ReasonFlux-PRM's quality term, so the two PRMs differ in what they read
+  and how they are trained, not in the judge)."""
+  data = [Trajectory(problem=x.problem, steps=list(x.response),
+                     labels=[float(c) for c in task.check(x.problem, x.response).step_correct])
+          for x in pairs]
+  return stages.train_reward_model(STEP_PRM, config, model_config, tokenizer, data,
+                                   max(len(x.response) for x in pairs), workdir, mesh,
+                                   init_params)
+
+
+def step_prm_scores(config, model_config, params, tokenizer, groups, mesh) -> list[list[float]]:
+  """Per group of pairs, the step PRM's score of each response (`step_prm.aggregation` of
+  its line scores)."""
+  flat = [Trajectory(problem=x.problem, steps=list(x.response)) for g in groups for x in g]
+  scores = stages.reward_scores(config, STEP_PRM, model_config, params, tokenizer, flat,
+                                max(len(t.steps) for t in flat), mesh)
+  values = [float(v) for v in rewards.aggregate(scores, config[STEP_PRM].aggregation)]
+  out, start = [], 0
+  for group in groups:
+    out.append(values[start:start + len(group)])
+    start += len(group)
+  return out
+
+
+def split_first(groups: list) -> tuple:
+  """`(groups[0], groups[1:])`: the pool's scores, then the Best-of-N groups'."""
+  return groups[0], groups[1:]
+
+
 # ----------------------------------------------------------------------------- uses
 
 
-def selection_keys(selector: str, pairs, scores, alpha: float, rng) -> np.ndarray:
-  """`[M]` the selector's score of every pool pair (higher is kept first)."""
+def selection_keys(selector: str, pairs, scores, step_prm, alpha: float, rng) -> np.ndarray:
+  """`[M]` the selector's score of every pool pair (higher is kept first); `scores`:
+  ReasonFlux-PRM's `[T + 1]` per pair, `step_prm`: the step PRM's score per pair."""
   if selector == "random":
     return rng.random(len(pairs))
   if selector == "outcome":
@@ -199,13 +249,16 @@ def selection_keys(selector: str, pairs, scores, alpha: float, rng) -> np.ndarra
     return np.array([objective.pair_score(s, 0.0) for s in scores])
   if selector == "oracle":
     return np.array([x.meta["trajectory_quality"] for x in pairs])
+  if selector == "step_prm":
+    return np.asarray(step_prm, float)
   raise ValueError(f"selection.selectors: unknown selector {selector!r}; known: {SELECTORS}")
 
 
-def select(selector: str, pairs, scores, top_k: int, alpha: float, seed: int) -> list[int]:
+def select(selector: str, pairs, scores, step_prm, top_k: int, alpha: float,
+           seed: int) -> list[int]:
   """Indices of the top `top_k` pool pairs by the selector, ties broken at random."""
   rng = np.random.default_rng([seed, 6, SELECTORS.index(selector)])
-  keys = selection_keys(selector, pairs, scores, alpha, rng)
+  keys = selection_keys(selector, pairs, scores, step_prm, alpha, rng)
   order = np.lexsort((rng.random(len(pairs)), -keys))  # Last key sorts first.
   return sorted(int(i) for i in order[:top_k])
 
@@ -233,14 +286,15 @@ def train_student(config, selector, model_config, tokenizer, chosen, evaluate, w
   return {**evaluate(params), **composition(chosen), "train_seconds": time.perf_counter() - start}
 
 
-def best_of_n(groups, scores, alpha: float, seed: int) -> dict:
+def best_of_n(groups, scores, step_prm, alpha: float, seed: int) -> dict:
   """Per selector: accuracy (the picked pair's response is right) and the picked pair's
-  mean trajectory quality, over the test problems' candidate groups."""
+  mean trajectory quality, over the test problems' candidate groups (`scores`, `step_prm`:
+  per group, as in `selection_keys`)."""
   rng = np.random.default_rng([seed, 7])
   result = {}
   for selector in BON_SELECTORS:
     right, quality = [], []
-    for group, group_scores in zip(groups, scores):
+    for group, group_scores, group_step_prm in zip(groups, scores, step_prm):
       if selector == "random":  # Its expectation: the group's mean.
         right.append(np.mean([x.meta["response_correct"] for x in group]))
         quality.append(np.mean([x.meta["trajectory_quality"] for x in group]))
@@ -252,6 +306,8 @@ def best_of_n(groups, scores, alpha: float, seed: int) -> dict:
         keys = np.array([float(a in top) for a in answers])
       elif selector == "oracle":
         keys = np.array([x.meta["trajectory_quality"] for x in group])
+      elif selector == "step_prm":
+        keys = np.asarray(group_step_prm, float)
       else:
         keys = np.array([objective.pair_score(s, alpha if selector == "reasonflux" else 0.0)
                          for s in group_scores])
@@ -260,6 +316,42 @@ def best_of_n(groups, scores, alpha: float, seed: int) -> dict:
       quality.append(group[pick].meta["trajectory_quality"])
     result[selector] = {"accuracy": float(np.mean(right)), "quality": float(np.mean(quality))}
   return result
+
+
+def grpo_runs(config, task, model_config, tokenizer, tasks, policy_params, prm_params,
+              workdir: str, mesh) -> dict:
+  """GRPO from the SFT policy, one run per reward of `rl.rewards` (`policy_rl.train_run`,
+  in `workdir/grpo/grpo_<reward>`), with ReasonFlux-PRM as the reward model: `mix` is the
+  paper's `(1 - beta) r_outcome + beta r_ReasonFlux`, `outcome` the rule-only baseline
+  (which still logs ReasonFlux-PRM's reward: the hacking monitor). The policy writes
+  responses; `rewards.ReasonFluxPRM` reads each as a thinking + response pair."""
+  folder = os.path.join(workdir, GRPO)
+  rollout, _, _ = policy_rl.settings(config)
+  problems = stages.stage(folder, "rl_problems.json",
+                          lambda: policy_rl.rl_problems(config, task, tasks))
+  reward_model = rewards.ReasonFluxPRM(
+      model_config, prm_params, tokenizer, max_length=config[PRM].max_length,
+      max_steps=rollout.max_new_tokens + 1, alpha=config.selection.alpha, mesh=mesh)
+  evaluator = make_policy_evaluator(
+      model_config, tokenizer, task, tasks["test"], max_new_tokens=rollout.max_new_tokens,
+      temperature=rollout.temperature, samples_per_problem=config.rl.eval_samples,
+      seed=config.seed + 3, prompts_per_batch=config.sampling.prompts_per_batch, mesh=mesh,
+      prm_scores=lambda trajectories: reward_model.score_trajectories(trajectories, "mean"))
+  initial = stages.stage(folder, "policy_eval.json", lambda: evaluator(policy_params))
+  runs = {}
+  for name in config.rl.rewards:
+    reward = rewards.RewardSettings(name=name, aggregation=config.reward.aggregation,
+                                    beta=config.reward.beta, prm=reward_model)
+    run_dir = os.path.join(folder, f"{config.rl.method}_{name}")
+    result = stages.stage(folder, os.path.join(run_dir, policy_rl.RUN_RESULTS),
+                          lambda: policy_rl.train_run(
+                              config, model_config, tokenizer, task, problems, policy_params,
+                              reward, evaluator, run_dir, mesh, initial))
+    runs[result["name"]] = {k: v for k, v in result.items() if k != "config"}
+  summary = {"runs": runs, "policy": initial, "seed": config.seed}
+  if jax.process_index() == 0:
+    rl_report.write_report(summary, folder)  # grpo/results.md, grpo/rl_curves.png
+  return summary
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -271,6 +363,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if selector not in SELECTORS:
       raise ValueError(f"selection.selectors: unknown selector {selector!r}; known: "
                        f"{SELECTORS}")
+  for name in config.rl.rewards:
+    policy_rl.settings(config, {**config.reward.to_dict(), "name": name})  # Fail early.
   mesh = config_lib.make_mesh(config.mesh)
   task = get_task(config.task.name, **{k: v for k, v in config.task.items() if k != "name"})
   model_config, init_params, tokenizer = stages.policy_model(config)
@@ -302,6 +396,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "bon": stages.grouped(pair_scores(config, model_config, prm_params, tokenizer,
                                         [x for g in bon for x in g], max_steps, mesh),
                             config.bon.n)})
+  step_prm_params = train_step_prm(config, task, model_config, tokenizer, pairs["prm"],
+                                   workdir, mesh, policy_params)
+  step_prm = stages.stage(workdir, "step_prm_scores.json", lambda: dict(zip(
+      ("pool", "bon"), split_first(step_prm_scores(
+          config, model_config, step_prm_params, tokenizer, [pairs["pool"], *bon], mesh)))))
 
   # 6. Selection -> SFT, one student per selector, evaluated on the test problems.
   evaluate = make_policy_evaluator(
@@ -312,16 +411,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   students = {}
   for selector in sel.selectors:
     chosen = [pairs["pool"][i] for i in select(selector, pairs["pool"], scores["pool"],
-                                                 sel.top_k, sel.alpha, config.seed)]
+                                                 step_prm["pool"], sel.top_k, sel.alpha,
+                                                 config.seed)]
     students[selector] = stages.stage(workdir, f"student_{selector}.json", lambda: train_student(
         config, selector, model_config, tokenizer, chosen, evaluate, workdir, mesh))
 
-  # 7. Best-of-N over candidate pairs; 8. how the PRM tracks the truth on held-out pairs.
+  # 7. GRPO from the SFT policy: rule-only reward vs the mix with ReasonFlux-PRM.
+  grpo = grpo_runs(config, task, model_config, tokenizer, tasks, policy_params, prm_params,
+                   workdir, mesh)
+
+  # 8. Best-of-N over candidate pairs; 9. how the PRM tracks the truth on held-out pairs.
   def results():
     held_out = [x for g in bon for x in g]
     flat_scores = [np.asarray(s) for g in scores["bon"] for s in g]
     return {"students": students,
-            "bon": best_of_n(bon, scores["bon"], sel.alpha, config.seed),
+            "bon": best_of_n(bon, scores["bon"], step_prm["bon"], sel.alpha, config.seed),
+            "grpo": {"policy": grpo["policy"], "runs": {
+                name: {k: run[k] for k in ("reward", "steps", "final", "steps_to_target",
+                                           "generated_tokens", "wall_seconds")}
+                for name, run in grpo["runs"].items()}},
             "prm_metrics": stages.json_safe(objective.reasonflux_metrics(
                 flat_scores, [x.meta["step_quality"] for x in held_out],
                 [x.meta["trajectory_quality"] for x in held_out])),
@@ -354,6 +462,17 @@ def markdown(results: dict) -> str:
   for name, s in results["students"].items():
     lines.append(f"| {name} | {s['greedy_accuracy']:.3f} | {s['sampled_accuracy']:.3f} | "
                  f"{s['response_correct']:.1%} | {s['trajectory_quality']:.3f} |")
+  runs, start = results["grpo"]["runs"], results["grpo"]["policy"]
+  lines += ["", "## GRPO from the SFT policy (test problems; curves in grpo/results.md)", "",
+            "| reward | steps | greedy acc. | sampled acc. | ReasonFlux reward | gap |",
+            "|---|---|---|---|---|---|",
+            f"| (SFT policy) | 0 | {start['greedy_accuracy']:.3f} | "
+            f"{start['sampled_accuracy']:.3f} | {start['prm_reward']:.3f} | "
+            f"{start['prm_gap']:+.3f} |"]
+  for name, run in runs.items():
+    f = run["final"]
+    lines.append(f"| {name} | {run['steps']} | {f['greedy_accuracy']:.3f} | "
+                 f"{f['sampled_accuracy']:.3f} | {f['prm_reward']:.3f} | {f['prm_gap']:+.3f} |")
   lines += ["", f"## Best-of-{results['bon_n']} over candidate pairs (test problems)", "",
             "| selector | accuracy | trajectory quality of the pick |", "|---|---|---|"]
   for name, b in results["bon"].items():

@@ -18,7 +18,8 @@ from prm_jax.data.tasks.corpus import generate_corpus, label_solution
 from prm_jax.data.tasks.gsm8k import Gsm8kTask
 from prm_jax.data.tasks.lists import ListTask
 from prm_jax.data.tasks.thinking import (THINKING_KINDS, checker_judge, generate_thinking,
-                                         parse_thinking_step, plan_template, thinking_trajectory)
+                                         parse_thinking_step, plan_template, straight_thinking,
+                                         thinking_trajectory)
 
 TASKS: dict[str, type] = {"arithmetic": ArithmeticTask, "lists": ListTask, "gsm8k": Gsm8kTask}
 
@@ -37,4 +38,5 @@ def get_task(name: str, **knobs) -> ChainTask | Gsm8kTask:
 __all__ = ["ANSWER_PREFIX", "ERROR_KINDS", "TASKS", "THINKING_KINDS", "ArithmeticTask",
            "ChainTask", "ErrorKind", "Flawed", "Gsm8kTask", "ListTask", "Verdict",
            "checker_judge", "generate_corpus", "generate_thinking", "get_task", "label_solution",
-           "parse_thinking_step", "plan_template", "split_of", "thinking_trajectory"]
+           "parse_thinking_step", "plan_template", "split_of", "straight_thinking",
+           "thinking_trajectory"]

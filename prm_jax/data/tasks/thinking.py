@@ -144,6 +144,13 @@ def _phrase(plan: Sequence[_Step], rng: np.random.Generator) -> list[str]:
   return texts
 
 
+def straight_thinking(lines: Sequence[str]) -> list[str]:
+  """Solution lines phrased as a `clean` trajectory's thinking, one move per line (leads
+  drawn from a fixed stream: the same lines always read the same). How a response written
+  without a thinking phase is read as a thinking + response pair (`rewards.ReasonFluxPRM`)."""
+  return _phrase(_moves(lines), np.random.default_rng(0))
+
+
 def thinking_trajectory(task: ChainTask, problem: str, kind: str, rng: np.random.Generator,
                         error_kinds: Sequence[str] = tuple(ERROR_KINDS)) -> Trajectory:
   """One thinking + response pair of `kind` for `problem` (see the module docstring).
@@ -176,7 +183,7 @@ def generate_thinking(task: ChainTask, problems: Sequence[str], *, seed: int,
 
   Problem `i` gets kind `kinds[i % len(kinds)]` (round robin, so every kind appears equally
   often; list a kind twice to weigh it more), unless it falls back to "clean" (see
-  `thinking_trajectory`).
+  `thinking_trajectory`). Injected errors are of `error_kinds` (`ERROR_KINDS` names).
   """
   check_subset("kinds", kinds, THINKING_KINDS)
   check_subset("error_kinds", error_kinds, tuple(ERROR_KINDS))
