@@ -60,7 +60,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         encoder_batch_size=256,
         negatives=8,  # Coherence: steps of other pairs per step.
         temperature=0.1,  # Coherence softmax temperature.
-        template_samples=2 if smoke else 4))  # Template-guided samples per pair.
+        template_samples=2 if smoke else 4,  # Template-guided samples per pair.
+        # Step quality: "checker" (exact, synthetic data) or "lm" (the policy asked by
+        # prompt, P(yes)/(P(yes)+P(no)); answers must be one token: " Yes"/" No" for BPE
+        # tokenizers, "Y"/"N" for the character-level policy here).
+        judge="checker",
+        lm_judge=ml_collections.ConfigDict(dict(max_length=256, batch_size=32, yes="Y",
+                                                no="N"))))
     config.reasonflux_prm = ml_collections.ConfigDict(dict(
         batch_size=32, max_length=160 if smoke else 224, lambda_step=1.0, lambda_final=1.0,
         train=config_lib.train_section(

@@ -1,6 +1,7 @@
 """ReasonFlux-PRM targets and objective against float64 NumPy written from the formulas:
 alignment, coherence (negatives never the positive), quality, the softmax-weighted
-combination, the template-guided trajectory reward on a stub policy, the squared-error
+combination, the LM judge against unpadded forwards, the template-guided trajectory reward
+on a stub policy, the squared-error
 objective and its gradient, and the sharded step."""
 
 import jax
@@ -9,6 +10,7 @@ import optax
 import pytest
 
 from prm_jax import models, parallel, train
+from prm_jax.data import CharTokenizer
 from prm_jax.data.schema import Trajectory
 from prm_jax.labeling import reasonflux as rf
 from prm_jax.objectives import reasonflux as objective
@@ -89,6 +91,37 @@ def test_step_targets_lie_in_the_unit_interval_and_quality_is_checked():
                                 [0.0, 0.5, 1.0])
   with pytest.raises(ValueError, match="outside"):
     rf.quality_reward(judge, "x", ["a", "b", "c", "d"], ["y"])
+
+
+def test_lm_judge_is_the_renormalised_yes_probability_of_one_unpadded_forward():
+  """Batched, left-padded judging against the model run on each prompt alone."""
+  tokenizer = CharTokenizer()
+  config = models.get_model_config("tiny", vocab_size=tokenizer.vocab_size, max_seq_len=256)
+  params = models.init_params(config, jax.random.key(3))
+  judge = rf.LMJudge(config, params, tokenizer, max_length=200, batch_size=4, yes="Y", no="N")
+  pairs = [("2+3=?", ["First, 2+3=5.", "So the answer is #### 5."], ["2+3=5", "#### 5"]),
+           ("7-1=?", ["First, 7-1=6.", "Again: 7-1=6.", "So the answer is #### 6."],
+            ["7-1=6", "#### 6"])]
+  yes, no = tokenizer.encode("Y")[0], tokenizer.encode("N")[0]
+  expected = []
+  for problem, thinking, response in pairs:
+    for t, step in enumerate(thinking):
+      ids = np.array([tokenizer.encode(judge.prompt(problem, thinking[:t], step, response))])
+      logits = np.asarray(models.forward(config, params, ids)["logits"][0, -1], np.float64)
+      expected.append(np.exp(logits[yes]) / (np.exp(logits[yes]) + np.exp(logits[no])))
+  got = rf.quality_rewards(judge, pairs)  # 5 queries: a full batch and a padded one.
+  assert [len(g) for g in got] == [2, 3]
+  np.testing.assert_allclose(np.concatenate(got), expected, rtol=1e-4, atol=1e-6)
+  # A plain callable judge goes step by step and gives the same.
+  step_by_step = lambda *query: judge(*query)  # noqa: E731 (no `batch` attribute)
+  np.testing.assert_allclose(np.concatenate(rf.quality_rewards(step_by_step, pairs)),
+                             expected, rtol=1e-4, atol=1e-6)
+  assert "Reasoning so far:\n(none)" in judge.prompt("x", [], "s", ["a"])
+  with pytest.raises(ValueError, match="' Yes' is 4 tokens"):
+    rf.LMJudge(config, params, tokenizer, max_length=200)
+  with pytest.raises(ValueError, match="judge query 0 .* max_length is 20"):
+    rf.LMJudge(config, params, tokenizer, max_length=20, yes="Y", no="N").batch(
+        [("2+3=?", [], "First, 2+3=5.", ["2+3=5"])])
 
 
 def test_template_reward_is_the_exact_success_rate_of_a_stub_policy():

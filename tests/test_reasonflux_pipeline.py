@@ -137,6 +137,7 @@ def test_rerun_skips_finished_stages(smoke):
     ("--config.reasonflux_prm.max_length=64", "reasonflux_prm.max_length=64 cannot hold a pair"),
     ("--config.selection.top_k=0", "selection.top_k=0 must be in"),
     ("--config.targets.negativez=3", "negativez"),
+    ("--config.targets.judge=oracle", "targets.judge='oracle' is not one of"),
 ])
 def test_bad_settings_fail_naming_the_field(override, message, tmp_path):
   run = _launch(*CONFIG, override, workdir=tmp_path)

@@ -10,7 +10,9 @@ Step rewards, each `[T]`:
 
   alignment  r_align_t = cos(Phi(s_t), Phi(a_t'))        t' = the response step s_t
                                                          aligns with (`step_pairing`)
-  quality    r_qual_t  = judge(x, s_<t, s_t, a)             in [0, 1] (pluggable)
+  quality    r_qual_t  = judge(x, s_<t, s_t, a)             in [0, 1] (pluggable: the
+                                                         task's checker on synthetic
+                                                         data, `LMJudge` without one)
   coherence  r_coh_t   = log softmax_j(sim(Phi(s_{t-1}), c_j) / temperature)[positive]
 
 where the candidates `c` are `Phi(s_t)` (the positive) and `Phi` of steps of *other*
@@ -114,6 +116,85 @@ def quality_reward(judge: Judge, problem: str, thinking: Sequence[str],
   return scores
 
 
+def quality_rewards(judge: Judge, pairs: Sequence[tuple[str, Sequence[str], Sequence[str]]]
+                    ) -> list[np.ndarray]:
+  """`quality_reward` of many `(problem, thinking, response)` pairs. A judge with a
+  `batch(queries) -> [Q]` method (`LMJudge`) scores every step of every pair in one call,
+  so its forward passes run in full batches; any other judge is called step by step."""
+  if not hasattr(judge, "batch"):
+    return [quality_reward(judge, *pair) for pair in pairs]
+  queries = [(problem, thinking[:t], step, response)
+             for problem, thinking, response in pairs for t, step in enumerate(thinking)]
+  scores = np.asarray(judge.batch(queries), np.float64)
+  if np.any((scores < 0) | (scores > 1)) or not np.all(np.isfinite(scores)):
+    raise ValueError(f"the quality judge returned scores outside [0, 1]: {scores}")
+  return np.split(scores, np.cumsum([len(thinking) for _, thinking, _ in pairs])[:-1])
+
+
+JUDGE_TEMPLATE = ("Problem: {problem}\n\nReasoning so far:\n{earlier}\n\nNext step: {step}"
+                  "\n\nFinal response:\n{response}\n\nIs the next step correct and useful? "
+                  "Answer:")
+
+
+class LMJudge:
+  """The quality judge for data without a checker: a language model asked by prompt.
+
+  The query `(x, s_<t, s_t, a)` fills `template` (fields `problem`, `earlier`, `step`,
+  `response`; steps joined by newlines, `earlier` = "(none)" for the first step) and the
+  score is `P(yes) / (P(yes) + P(no))` of the model's next token, `yes` / `no` being one
+  token each under `tokenizer`. The two probabilities are read off one forward pass
+  (the logit form of LLM-as-judge: deterministic, and no answer to parse), not from a
+  sampled reply. Queries are left-padded to `max_length` tokens in batches of
+  `batch_size` (one compilation); a longer prompt raises, naming the query.
+  """
+
+  def __init__(self, config: models.ModelConfig, params, tokenizer: Tokenizer, *,
+               max_length: int, batch_size: int = 32, template: str = JUDGE_TEMPLATE,
+               yes: str = " Yes", no: str = " No"):
+    ids = {word: tokenizer.encode(word) for word in (yes, no)}
+    for word, tokens in ids.items():
+      if len(tokens) != 1:
+        raise ValueError(f"judge answer {word!r} is {len(tokens)} tokens under the tokenizer; "
+                         "it must be exactly one")
+    self.answers = np.array([ids[yes][0], ids[no][0]], np.int32)
+    self.config, self.params, self.tokenizer = config, params, tokenizer
+    self.max_length, self.batch_size, self.template = max_length, batch_size, template
+    self._logits = _last_logits(config)
+
+  def prompt(self, problem: str, earlier: Sequence[str], step: str,
+             response: Sequence[str]) -> str:
+    return self.template.format(problem=problem, earlier="\n".join(earlier) or "(none)",
+                                step=step, response="\n".join(response))
+
+  def batch(self, queries: Sequence[tuple[str, Sequence[str], str, Sequence[str]]]
+            ) -> np.ndarray:
+    """`[Q]` P(yes | the query's prompt) renormalised over {yes, no}."""
+    prompts = [self.tokenizer.encode(self.prompt(*q)) for q in queries]
+    for index, tokens in enumerate(prompts):
+      if len(tokens) > self.max_length:
+        raise ValueError(f"judge query {index} (problem {queries[index][0][:40]!r}) is "
+                         f"{len(tokens)} tokens; judge max_length is {self.max_length}")
+    out = np.zeros(len(prompts), np.float64)
+    for start in range(0, len(prompts), self.batch_size):
+      chunk = prompts[start:start + self.batch_size]
+      ids = np.zeros((self.batch_size, self.max_length), np.int32)
+      mask = np.zeros(ids.shape, bool)
+      for row, tokens in enumerate(chunk):  # Left padding: the last column is the next token.
+        ids[row, self.max_length - len(tokens):] = tokens
+        mask[row, self.max_length - len(tokens):] = True
+      mask[len(chunk):, -1] = True  # Padding rows attend to something (their result is dropped).
+      logits = np.asarray(self._logits(self.params, ids, mask), np.float64)[:len(chunk)]
+      pair = logits[:, self.answers]
+      pair -= pair.max(-1, keepdims=True)
+      probs = np.exp(pair) / np.exp(pair).sum(-1, keepdims=True)
+      out[start:start + len(chunk)] = probs[:, 0]
+    return out
+
+  def __call__(self, problem: str, earlier: Sequence[str], step: str,
+               response: Sequence[str]) -> float:
+    return float(self.batch([(problem, earlier, step, response)])[0])
+
+
 def combine(*terms: np.ndarray) -> np.ndarray:
   """`[T]` `sum_k softmax_k(terms[:, t]) * terms[k, t]`: each step's terms weighted by
   their own softmax (a soft maximum that leans to the largest term)."""
@@ -170,6 +251,17 @@ def embed_texts(config: models.ModelConfig, params, tokenizer: Tokenizer, texts:
       ids[row, :len(tokens)], mask[row, :len(tokens)] = tokens, True
     out[start:start + len(chunk)] = np.asarray(encode(params, ids, mask))[:len(chunk)]
   return out
+
+
+@functools.lru_cache(maxsize=16)
+def _last_logits(config: models.ModelConfig):
+  """The jitted next-token logits `[B, V]` (fp32) of left-padded prompts, built once per
+  model."""
+  @jax.jit
+  def logits(params, ids, mask):
+    out = models.forward(config, params, ids, attention_mask=mask, lm_logits="last")
+    return out["logits"][:, -1].astype(jnp.float32)
+  return logits
 
 
 @functools.lru_cache(maxsize=16)

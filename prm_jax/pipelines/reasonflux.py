@@ -17,7 +17,8 @@ workdir skips what is finished (training stages resume from their checkpoints):
                     pairs (kinds drawn at random) per held-out test problem
   policy/           the quickstart's SFT policy: the encoder Phi (mean-pooled hidden
                     states) and the template-guided sampler
-  targets.json      per `prm` pair: the three step terms and their softmax-weighted
+  targets.json      per `prm` pair: the three step terms (quality by `targets.judge`: the
+                    checker, or the policy as an LM judge) and their softmax-weighted
                     combination `r_t`, the template and `r_final` (`targets.template_samples`
                     policy samples of the template, success rate under the checker)
   reasonflux_prm/   the PRM (initialised from the policy), loss `lambda_step * mean_t
@@ -117,6 +118,20 @@ def check_lengths(config, tokenizer, pairs) -> None:
 # ----------------------------------------------------------------------------- targets
 
 
+JUDGES = ("checker", "lm")
+
+
+def make_judge(section, task, model_config, params, tokenizer) -> targets_lib.Judge:
+  """The quality judge `targets.judge`: "checker" (the task's exact checker, what the
+  synthetic pairs allow) or "lm" (`targets_lib.LMJudge`: the policy asked by prompt, with
+  `targets.lm_judge` settings; what data without a checker needs)."""
+  if section.judge == "checker":
+    return checker_judge(task)
+  if section.judge == "lm":
+    return targets_lib.LMJudge(model_config, params, tokenizer, **section.lm_judge.to_dict())
+  raise ValueError(f"targets.judge={section.judge!r} is not one of {JUDGES}")
+
+
 def make_targets(config, task, model_config, params, tokenizer, pairs) -> dict:
   """The PRM's training targets for `pairs` (see the module docstring), the cost of the
   template-guided samples, and how the targets agree with the known truth."""
@@ -133,7 +148,8 @@ def make_targets(config, task, model_config, params, tokenizer, pairs) -> dict:
   starts = np.cumsum([0] + [len(x.steps) for x in pairs])
   response_starts = np.cumsum([0] + [len(x.response) for x in pairs])
   rng = np.random.default_rng([config.seed, 4])
-  judge = checker_judge(task)
+  quality = targets_lib.quality_rewards(make_judge(t, task, model_config, params, tokenizer),
+                                        [(x.problem, x.steps, x.response) for x in pairs])
   terms = {name: [] for name in ("alignment", "quality", "coherence", "r")}
   for i, x in enumerate(pairs):
     steps = thinking_emb[starts[i]:starts[i + 1]]
@@ -141,8 +157,7 @@ def make_targets(config, task, model_config, params, tokenizer, pairs) -> dict:
                                                 t.negatives, rng)
     pair_terms = targets_lib.step_targets(
         problem_emb[i], steps, response_emb[response_starts[i]:response_starts[i + 1]],
-        negatives, targets_lib.quality_reward(judge, x.problem, x.steps, x.response),
-        temperature=t.temperature)
+        negatives, quality[i], temperature=t.temperature)
     for name, values in pair_terms.items():
       terms[name].append([float(v) for v in values])
 
@@ -365,6 +380,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        f"{SELECTORS}")
   for name in config.rl.rewards:
     policy_rl.settings(config, {**config.reward.to_dict(), "name": name})  # Fail early.
+  if config.targets.judge not in JUDGES:
+    raise ValueError(f"targets.judge={config.targets.judge!r} is not one of {JUDGES}")
   mesh = config_lib.make_mesh(config.mesh)
   task = get_task(config.task.name, **{k: v for k, v in config.task.items() if k != "name"})
   model_config, init_params, tokenizer = stages.policy_model(config)
