@@ -127,6 +127,14 @@ def param_shardings(config: models.ModelConfig, mesh: Mesh, rules: Rules = LOGIC
                         mesh, rules)
 
 
+def abstract_sharded_params(config: models.ModelConfig, mesh: Mesh,
+                            rules: Rules = LOGICAL_AXIS_RULES):
+  """`ShapeDtypeStruct` tree (with shardings) of the parameters of `config`: what a
+  checkpoint restore needs to place them on `mesh`."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      models.abstract_params(config), param_shardings(config, mesh, rules))
+
+
 def cache_shardings(cache, mesh: Mesh, rules: Rules = LOGICAL_AXIS_RULES):
   """`NamedSharding` tree for a KV cache (or its abstract shape)."""
   return tree_shardings(models.cache_logical_axes(cache), cache, mesh, rules)

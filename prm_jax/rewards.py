@@ -45,7 +45,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Sequence
 
-import jax
 import numpy as np
 
 from prm_jax import checkpoint, models, online, parallel
@@ -139,11 +138,8 @@ class PRM:
                       *, mesh, **kwargs) -> "PRM":
     """The PRM whose parameters are in the checkpoint at `path` (a run's workdir, its
     checkpoint root or a step directory; `checkpoint.restore_params`)."""
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            models.abstract_params(model_config),
-                            parallel.param_shardings(model_config, mesh))
-    return cls(model_config, checkpoint.restore_params(path, abstract), tokenizer, mesh=mesh,
-               **kwargs)
+    params = checkpoint.restore_params(path, parallel.abstract_sharded_params(model_config, mesh))
+    return cls(model_config, params, tokenizer, mesh=mesh, **kwargs)
 
   def step_scores(self, samples: Samples) -> list[np.ndarray]:
     """`[len(steps)]` P(step correct) per row."""

@@ -3,7 +3,9 @@
 A format supplies `parse(record: dict) -> example`, raising `ValueError(reason)` for a bad
 record; `iter_jsonl` turns that (and broken JSON) into a `DataFormatError` reading
 `"<file>:<line>: <reason>"`, or, with `skip_bad=True`, counts and reports the line instead.
-Blank lines are ignored (a trailing newline is not a record).
+Blank lines are ignored (a trailing newline is not a record). `iter_records` also reads a
+file holding one JSON list of records (how ProcessBench is released), numbering each record
+by the line it starts on.
 """
 
 from __future__ import annotations
@@ -112,11 +114,86 @@ def iter_jsonl(path: str | os.PathLike, parse: Callable[[dict[str, Any]], T], *,
           skipped.append(error)
 
 
+def iter_records(path: str | os.PathLike, parse: Callable[[dict[str, Any]], T], *,
+                 skip_bad: bool = False,
+                 skipped: list[DataFormatError] | None = None) -> Iterator[tuple[int, T]]:
+  """`iter_jsonl` for a JSON-lines file or a file holding one JSON list of objects.
+
+  A file whose first non-blank character is `[` is a list: it is read whole, and record `i`
+  (0-based) is reported as `"<file>:<line>: record <i>: <reason>"`, `line` being where the
+  record starts. Broken JSON inside a list always raises (the records after it cannot be
+  located), even with `skip_bad`.
+  """
+  path = os.fspath(path)
+  if not _holds_list(path):
+    yield from iter_jsonl(path, parse, skip_bad=skip_bad, skipped=skipped)
+    return
+  with open(path, encoding="utf-8") as f:
+    text = f.read()
+  for index, (line, record) in enumerate(_list_items(path, text)):
+    try:
+      yield line, parse(_as_object(record))
+    except ValueError as err:
+      error = DataFormatError(path, line, f"record {index}: {err}")
+      if not skip_bad:
+        raise error from None
+      if skipped is not None:
+        skipped.append(error)
+
+
+def _holds_list(path: str) -> bool:
+  """Whether the file's first non-blank character is `[` (read in chunks: JSON-lines
+  files can be large and are streamed)."""
+  with open(path, encoding="utf-8") as f:
+    for chunk in iter(lambda: f.read(1 << 16), ""):
+      if chunk.strip():
+        return chunk.lstrip().startswith("[")
+  return False
+
+
+def _list_items(path: str, text: str) -> Iterator[tuple[int, Any]]:
+  """`(line, value)` of every item of the JSON list `text`, decoded one item at a time so
+  that each is located (`json.loads` of the whole list would not say where an item is)."""
+  decoder, line, counted = json.JSONDecoder(), 1, 0
+
+  def skip_space(position: int) -> int:
+    while position < len(text) and text[position] in " \t\n\r":  # JSON's whitespace.
+      position += 1
+    return position
+
+  def line_at(position: int) -> int:
+    nonlocal line, counted
+    line, counted = line + text.count("\n", counted, position), position
+    return line
+
+  position = skip_space(skip_space(0) + 1)  # After the opening `[`.
+  while not text.startswith("]", position):
+    try:
+      value, end = decoder.raw_decode(text, position)
+    except json.JSONDecodeError as err:
+      raise DataFormatError(path, err.lineno, f"invalid JSON ({err.msg} at column "
+                            f"{err.colno})") from None
+    yield line_at(position), value
+    position = skip_space(end)
+    if text.startswith("]", position):
+      break
+    if not text.startswith(",", position):
+      raise DataFormatError(path, line_at(position), "expected ',' or ']' after a list item")
+    position = skip_space(position + 1)
+  if skip_space(position + 1) < len(text):
+    raise DataFormatError(path, line_at(skip_space(position + 1)),
+                          "text after the list's closing ']'")
+
+
 def _load_object(line: str) -> dict[str, Any]:
   try:
     record = json.loads(line)
   except json.JSONDecodeError as err:
     raise ValueError(f"invalid JSON ({err.msg} at column {err.colno})") from None
+  return _as_object(record)
+
+
+def _as_object(record: Any) -> dict[str, Any]:
   if not isinstance(record, dict):
     raise ValueError(f"expected a JSON object, got {type(record).__name__}")
   return record

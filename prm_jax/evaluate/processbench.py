@@ -10,9 +10,14 @@ chance that a prefix still ends right (a value), not whether its last step is ri
 correct step early in a hard problem can score well below 0.5. `calibrate_threshold` picks
 the threshold on labelled data other than the test set (e.g. the PRM's own training
 samples, whose first errors come from the hard Monte Carlo labels).
+
+`benchmark_f1` is the benchmark as published: F1 per subset and its average over subsets,
+at the official 0.5 and at a threshold calibrated without the subset it is reported on.
 """
 
 from __future__ import annotations
+
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -76,3 +81,53 @@ def calibrate_threshold(step_scores: np.ndarray, step_mask: np.ndarray, truth: n
     if not np.isnan(f1) and f1 > best[1]:
       best = (float(threshold), float(f1))
   return best
+
+
+def benchmark_f1(scores: Mapping[str, Sequence[np.ndarray]], truth: Mapping[str, Sequence[int]],
+                 *, threshold: float = 0.5, calibration=None, grid=DEFAULT_GRID) -> dict:
+  """ProcessBench as published: `processbench_f1` per subset and the average F1 over them,
+  at the official `threshold` and at a calibrated one.
+
+  Args:
+    scores: `{subset: [[S_i] step scores of sample i]}`.
+    truth: `{subset: [B] earliest-error labels}` (-1: no error).
+    calibration: None: each subset's threshold is `calibrate_threshold` on every *other*
+      subset pooled (leave one subset out). Or `(scores, truth)`: ragged step scores
+      `[N][S_i]` and labels `[N]` of samples apart from the benchmark, whose best threshold
+      serves every subset.
+  Returns:
+    `{"subsets": {name: {"n", "num_error", "num_correct", "official", "calibrated"}},
+    "average_f1": {"official", "calibrated"}}`: `official` holds `error_accuracy`,
+    `correct_accuracy` and `f1`; `calibrated` the same and its `threshold`, or is None when
+    no threshold can be calibrated (no other subset, or calibration samples lacking
+    erroneous or correct ones). An average with an undefined member is NaN.
+  """
+  subsets = {}
+  for name in scores:
+    if calibration is None:
+      others = [other for other in scores if other != name]
+      held_out = ([s for o in others for s in scores[o]], [t for o in others for t in truth[o]])
+    else:
+      held_out = calibration
+    values, mask = pad_steps(scores[name])
+    labels = np.asarray(truth[name])
+
+    def metrics(at: float) -> dict:
+      result = processbench_f1(earliest_error(values, mask, at), labels)
+      return {k: result[k] for k in ("error_accuracy", "correct_accuracy", "f1")}
+
+    calibrated = None
+    if len(held_out[1]):
+      chosen, best = calibrate_threshold(*pad_steps(held_out[0]), np.asarray(held_out[1]), grid)
+      # best < 0: F1 is undefined at every threshold (a group missing from the held-out set).
+      calibrated = {"threshold": chosen, **metrics(chosen)} if best >= 0 else None
+    subsets[name] = {"n": len(labels), "num_error": int(np.sum(labels >= 0)),
+                     "num_correct": int(np.sum(labels < 0)), "official": metrics(threshold),
+                     "calibrated": calibrated}
+
+  def average(kind: str) -> float:
+    values = [s[kind]["f1"] if s[kind] else float("nan") for s in subsets.values()]
+    return float(np.mean(values)) if values else float("nan")
+
+  return {"subsets": subsets,
+          "average_f1": {"official": average("official"), "calibrated": average("calibrated")}}

@@ -14,6 +14,7 @@ PIPELINES: dict[str, str] = {
     "edu_profile": "prm_jax.pipelines.edu_profile",
     "policy_rl": "prm_jax.pipelines.policy_rl",
     "prm_train": "prm_jax.pipelines.prm_train",
+    "processbench": "prm_jax.pipelines.processbench",
     "quickstart": "prm_jax.pipelines.quickstart",
     "reasonflux": "prm_jax.pipelines.reasonflux",
 }

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from prm_jax import config_lib, files, labeling, policy, train
+from prm_jax import checkpoint, config_lib, files, labeling, parallel, policy, train
 from prm_jax.data import CharTokenizer, Trajectory, pipeline
 from prm_jax.data.tasks import generate_corpus
 from prm_jax.data.tokenize import prompt_ids
@@ -67,20 +67,41 @@ def json_safe(metrics: dict) -> dict:
 # ----------------------------------------------------------------------------- policy
 
 
+MODEL_SOURCES = ("scratch", "checkpoint", "hf", "gguf")  # `init` of a model section.
+
+
 def policy_model(config: ml_collections.ConfigDict):
-  """(model config, initial params or None, tokenizer) of the policy (`config.policy`)."""
-  section = config.policy
+  """(model config, initial params or None, tokenizer) of the policy (`config.policy`, see
+  `load_model`)."""
+  return load_model(config.policy, "policy")
+
+
+def load_model(section: ml_collections.ConfigDict, name: str, mesh=None):
+  """(model config, params or None, tokenizer) of the model the config section `name` names
+  by `init`: "scratch" (the section's `model` fields; params None: the caller initialises or
+  trains them; character tokenizer), "checkpoint" (the same model, params from the prm_jax
+  checkpoint at `path`, a run's workdir or checkpoint directory, placed on `mesh`), "hf"
+  (the Hugging Face folder `path`) or "gguf" (the `.gguf` file `path`)."""
+  if section.init not in MODEL_SOURCES:
+    raise ValueError(f"{name}.init={section.init!r} is not one of {MODEL_SOURCES}")
   if section.init == "scratch":
     return config_lib.model_config(section.model), None, CharTokenizer()
+  if not section.path:
+    raise ValueError(f"{name}.path is empty: {name}.init={section.init!r} loads the model "
+                     "from it")
+  if section.init == "checkpoint":
+    model_config = config_lib.model_config(section.model)
+    mesh = parallel.make_mesh(devices=jax.devices()[:1]) if mesh is None else mesh
+    params = checkpoint.restore_params(section.path,
+                                       parallel.abstract_sharded_params(model_config, mesh))
+    return model_config, params, CharTokenizer()
   if section.init == "hf":
     from prm_jax.data.tokenizer import load_tokenizer
     from prm_jax.models.hf import load_pretrained
     model_config, params = load_pretrained(section.path)
     return model_config, params, load_tokenizer(section.path)
-  if section.init == "gguf":
-    from prm_jax.models.gguf import load_gguf
-    return load_gguf(section.path)
-  raise ValueError(f"policy.init={section.init!r} is not one of 'scratch', 'hf', 'gguf'")
+  from prm_jax.models.gguf import load_gguf
+  return load_gguf(section.path)
 
 
 def error_rate(config: ml_collections.ConfigDict, task) -> Callable[[str], float]:

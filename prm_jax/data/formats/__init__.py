@@ -13,9 +13,11 @@
 The last two are thinking trajectory + response pairs, both split into steps on blank lines
 (`steps` = thinking, `response` = response steps; see `prm_jax.data.formats.thinking`).
 
-`read(path, "trl")` raises `DataFormatError("<file>:<line>: <reason>")` on the first bad
-line; `read(..., skip_bad=True)` skips bad lines and reports them in the result (and a
-logged warning). Every read trajectory gets `meta["source"] = "<file>:<line>"` unless it
+Files hold JSON lines or one JSON list of records (`prm_jax.data.jsonl.iter_records`; how
+ProcessBench is released). `read(path, "trl")` raises `DataFormatError("<file>:<line>:
+<reason>")` on the first bad line (in a list: `"<file>:<line>: record <i>: <reason>"`);
+`read(..., skip_bad=True)` skips bad lines and reports them in the result (and a logged
+warning). Every read trajectory gets `meta["source"] = "<file>:<line>"` unless it
 already has one (a native record written from an earlier read keeps its origin).
 """
 
@@ -26,7 +28,7 @@ import os
 from typing import Iterable, Iterator
 
 from prm_jax.data.formats import gsm8k, math_shepherd, processbench, thinking, trl
-from prm_jax.data.jsonl import DataFormatError, Format, ReadResult, iter_jsonl, write_jsonl
+from prm_jax.data.jsonl import DataFormatError, Format, ReadResult, iter_records, write_jsonl
 from prm_jax.data.schema import Trajectory
 
 NATIVE = Format("prm_jax", Trajectory.from_dict, Trajectory.to_dict)
@@ -43,15 +45,16 @@ def get_format(name: str) -> Format:
 
 def iter_trajectories(path: str | os.PathLike, format: str, *, skip_bad: bool = False,
                       skipped: list[DataFormatError] | None = None) -> Iterator[Trajectory]:
-  """Stream the trajectories of a JSONL file (see `prm_jax.data.jsonl.iter_jsonl`)."""
+  """Stream the trajectories of a JSONL or JSON-list file (`prm_jax.data.jsonl.iter_records`)."""
   parse = get_format(format).parse
-  for line, trajectory in iter_jsonl(path, parse, skip_bad=skip_bad, skipped=skipped):
+  for line, trajectory in iter_records(path, parse, skip_bad=skip_bad, skipped=skipped):
     trajectory.meta.setdefault("source", f"{os.fspath(path)}:{line}")
     yield trajectory
 
 
 def read(path: str | os.PathLike, format: str, *, skip_bad: bool = False) -> ReadResult:
-  """All trajectories of a JSONL file in `format`; skipped lines are logged and returned."""
+  """All trajectories of a JSONL or JSON-list file in `format`; skipped records are logged
+  and returned."""
   skipped: list[DataFormatError] = []
   result = ReadResult(list(iter_trajectories(path, format, skip_bad=skip_bad, skipped=skipped)),
                       skipped)
