@@ -31,7 +31,6 @@ _DEVICES = int(_ARGS[_ARGS.index("--devices") + 1]) if "--devices" in _ARGS else
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            f" --xla_force_host_platform_device_count={_DEVICES}")
 
-import platform  # noqa: E402
 import resource  # noqa: E402
 import time  # noqa: E402
 
@@ -42,6 +41,7 @@ import torch  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: E402
 
 from prm_jax.kernels import token_stats  # noqa: E402
+from worker import machine  # noqa: E402
 
 
 def cpu_seconds() -> float:
@@ -67,15 +67,6 @@ def copy_bandwidth(nbytes: int = 1 << 30) -> float:
   dst = np.empty_like(src)
   best = min(measure(lambda: np.copyto(dst, src), 1)[0] for _ in range(5))
   return 2 * nbytes / best
-
-
-def machine() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    name = platform.processor() or platform.machine()
-  return f"{name}, {os.cpu_count()} cores"
 
 
 def naive_entropy(x):

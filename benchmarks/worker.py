@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -25,3 +26,13 @@ def run_worker(script: str, args: list[str], *, devices: int = 1, xla_flags: str
     raise RuntimeError(f"{os.path.basename(script)} {' '.join(args)} failed:\n"
                        f"{done.stderr[-3000:]}")
   return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+  """The CPU's model name and core count, for the results tables."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    name = platform.processor() or platform.machine()
+  return f"{name}, {os.cpu_count()} cores"

@@ -14,6 +14,10 @@ workdir or checkpoint directory with `prm.model.*` set to its model's fields (`c
 character tokenizer), a GGUF language model (`gguf`, fresh PRM head) or a random one
 (`scratch`). Set `prm.step_separator` to what the PRM was trained with (it is appended to
 every step and scored at its last token) and `prm.max_length` to hold the longest sample.
+A published PRM is read in its own layout with `--config.prm.format=` one of
+`prm_jax.models.published.FORMATS` (e.g. `qwen-math-prm` for Qwen2.5-Math-PRM-7B,
+`math-shepherd`, `rlhflow`, `reasonflux-prm`), which sets its head, chat template, step tag
+and score positions.
 
 Expected result: `results.md` has one row per subset (n, accuracy on erroneous samples,
 accuracy on correct samples, F1 at the official threshold 0.5, and the same at a threshold
@@ -57,7 +61,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       model=config_lib.model_section("tiny", max_seq_len=4608 if smoke else 16384),
       # Tokens of problem + steps (+ BOS and separators); a longer sample is an error.
       max_length=4608 if smoke else 4096, batch_size=4 if smoke else 8,
-      step_separator="\n\n"))
+      # "" (prm_jax's layout, with `step_separator`) or a published PRM's format, e.g.
+      # "qwen-math-prm" (`prm_jax.models.published.FORMATS`; init "hf").
+      format="", step_separator="\n\n"))
   config.eval = ml_collections.ConfigDict(dict(
       threshold=0.5,  # The official one.
       # "leave_one_out": each subset's threshold is chosen on the other subsets; or a folder

@@ -21,11 +21,12 @@ CORPUS = ["The quick brown fox jumps over the lazy dog 1234567890 times.",
 K_QUANT_HALVES = {Q.Q2_K: (80, 82), Q.Q3_K: (108,), Q.Q4_K: (0, 2), Q.Q5_K: (0, 2), Q.Q6_K: (208,)}
 
 
-def train_byte_level_bpe(vocab_size: int) -> tokenizers.Tokenizer:
+def train_byte_level_bpe(vocab_size: int, extra_special_tokens=()) -> tokenizers.Tokenizer:
   """A small byte-level BPE vocabulary with merges, learned from `CORPUS`."""
   tokenizer = tokenizers.Tokenizer(models.BPE())
   tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size,
+                                special_tokens=SPECIAL_TOKENS + list(extra_special_tokens),
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
   tokenizer.train_from_iterator(CORPUS, trainer)
   return tokenizer

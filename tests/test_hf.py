@@ -183,7 +183,7 @@ def llama_folder(tmp_path):
 
 
 @pytest.mark.parametrize("changes,message", [
-    (dict(architectures=["MistralForCausalLM"]), "unsupported architecture 'MistralForCausalLM'"),
+    (dict(architectures=["GemmaForCausalLM"]), "unsupported architecture 'GemmaForCausalLM'"),
     (dict(rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}),
      "rope scaling of type 'llama3' is not implemented"),
     (dict(hidden_act="gelu"), "hidden_act='gelu' is not implemented"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -19,17 +19,21 @@ class StepScorer:
   """P(step correct) of trajectories under one PRM; the forward pass compiles once, so a
   scorer called again and again (an RL reward, every rollout) pays no recompilation.
 
-  Trajectories are tokenized as the PRM was trained (`tokenize_stepwise`) and padded to
-  `[batch_size, max_length]` with `max_steps` steps (one compilation); longer ones raise.
+  Trajectories are tokenized as the PRM was trained (`tokenize_stepwise` with
+  `step_separator`, or `encode`: e.g. a published PRM's layout, `models.published`) and
+  padded to `[batch_size, max_length]` with `max_steps` steps (one compilation); longer ones
+  raise.
   `mesh`: shard the batch over it; multi-host, every process passes the same trajectories
   and feeds its own rows.
   """
 
   def __init__(self, config: models.ModelConfig, params, tokenizer: Tokenizer, *,
                max_length: int, max_steps: int, batch_size: int = 64,
-               step_separator: str = "\n", mesh=None):
+               step_separator: str = "\n", mesh=None,
+               encode: Callable[[Trajectory], dict] | None = None):
     self.tokenizer, self.max_length, self.max_steps = tokenizer, max_length, max_steps
-    self.step_separator = step_separator
+    self.encode = encode or functools.partial(tokenize_stepwise, tokenizer,
+                                              step_separator=step_separator)
     self.mesh = parallel.make_mesh(devices=jax.devices()[:1]) if mesh is None else mesh
     parallelism = parallel.batch_parallelism(self.mesh)
     self.rows = -(-batch_size // parallelism) * parallelism
@@ -38,9 +42,9 @@ class StepScorer:
     self._params = jax.device_put(params, shardings)
 
   def __call__(self, trajectories: Sequence[Trajectory]) -> list[np.ndarray]:
-    """`[len(steps)]` float32 scores per trajectory (empty for one without steps)."""
-    examples = [tokenize_stepwise(self.tokenizer, t, step_separator=self.step_separator)
-                for t in trajectories]
+    """`[len(step_ends)]` float32 scores per trajectory: one per step (empty for one without
+    steps), or what `encode` reads (one for a last-token PRM)."""
+    examples = [self.encode(t) for t in trajectories]
     for index, example in enumerate(examples):
       example["source"] = f"trajectory {index}"
     scores = []

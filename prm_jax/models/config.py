@@ -36,6 +36,9 @@ class ModelConfig:
       are rejected with a clear error rather than silently extrapolated.
     prm_head: "two_class" (2-way logits, p = softmax[1], the TRL/Qwen2.5-Math-PRM token
       classification head) or "scalar" (one logit, p = sigmoid).
+    prm_head_hidden: width of a ReLU layer between the final hidden state and the PRM head
+      (`Linear(D, P) -> ReLU -> Linear(P, C)`, Qwen2.5-Math-PRM's `score` head with
+      P = D); 0 = a linear head.
     value_head: add a scalar value head `values [B, T]`.
     dtype: compute dtype ("float32" or "bfloat16"); softmax, norms, heads stay fp32.
     param_dtype: storage dtype of the parameters.
@@ -57,6 +60,7 @@ class ModelConfig:
   tie_embeddings: bool = False
   max_seq_len: int = 4096
   prm_head: str = "two_class"
+  prm_head_hidden: int = 0
   value_head: bool = False
   dtype: str = "float32"
   param_dtype: str = "float32"
@@ -69,6 +73,10 @@ class ModelConfig:
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+    if (not isinstance(self.prm_head_hidden, int) or isinstance(self.prm_head_hidden, bool)
+        or self.prm_head_hidden < 0):
+      raise ValueError("ModelConfig.prm_head_hidden must be a non-negative int, got "
+                       f"{self.prm_head_hidden!r}")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"ModelConfig.num_heads={self.num_heads} is not divisible by "

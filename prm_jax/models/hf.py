@@ -12,6 +12,8 @@ prm_jax keeps `[in, ...out]` kernels with the heads split out and layers stacked
     model.layers.{i}.mlp.down_proj.weight    [D, F]     <->  layers/mlp/down/kernel [L, F, D]
     lm_head.weight [V, D] (untied only)                 <->  lm_head [D, V]
     score.{weight [C, D], bias [C]} (*ForTokenClassification)  <->  prm_head/{kernel, bias}
+    score.0.{weight, bias} [D, D], score.2.{weight, bias} [2, D] (Qwen2ForProcessRewardModel)
+                                        <->  prm_hidden/{kernel, bias}, prm_head/{kernel, bias}
     v_head.summary.{weight [1, D], bias [1]} (TRL value head)   <->  value_head/{kernel, bias}
       (or a scalar prm_head, for a value-head PRM: `load_pretrained(value_head_as_prm=True)`)
 
@@ -58,7 +60,13 @@ ARCHITECTURES = {
     "Qwen2ForCausalLM": ("qwen2", "lm"),
     "LlamaForTokenClassification": ("llama", "prm"),
     "Qwen2ForTokenClassification": ("qwen2", "prm"),
+    # Qwen2.5-Math-PRM, ReasonFlux-PRM-7B: the `score` head is Linear -> ReLU -> Linear(2).
+    "Qwen2ForProcessRewardModel": ("qwen2", "prm"),
+    # Mistral is the Llama layout plus a sliding window (accepted only when it never slides).
+    "MistralForCausalLM": ("mistral", "lm"),
 }
+TWO_LAYER_PRM = "Qwen2ForProcessRewardModel"
+REWARD_HEAD = "reward_head"
 HEADS = ("lm", "prm")
 PRM_HEAD_BY_LABELS = {2: "two_class", 1: "scalar"}
 INDEX_FILE = "model.safetensors.index.json"
@@ -78,9 +86,11 @@ def config_from_hf(hf_config: dict, **overrides) -> tuple[ModelConfig, str]:
   """`(ModelConfig, head)` from a `config.json` dict of transformers 4 or 5.
 
   `head` is "lm" for `*ForCausalLM`, "prm" for `*ForTokenClassification` (2 labels ->
-  `prm_head="two_class"`, 1 -> "scalar"). `overrides` set any `ModelConfig` field. Raises
+  `prm_head="two_class"`, 1 -> "scalar") and `Qwen2ForProcessRewardModel` (two classes
+  behind a hidden ReLU layer of width D). `overrides` set any `ModelConfig` field. Raises
   `CheckpointError` for an architecture or feature prm_jax does not implement (other models,
-  rope scaling, sliding windows, o/MLP biases, non-SiLU activations).
+  rope scaling, a sliding window narrower than `max_seq_len`, o/MLP biases, non-SiLU
+  activations).
   """
   architectures = hf_config.get("architectures") or []
   if architectures:
@@ -90,8 +100,9 @@ def config_from_hf(hf_config: dict, **overrides) -> tuple[ModelConfig, str]:
     model_type, head = ARCHITECTURES[architectures[0]]
   else:
     model_type, head = hf_config.get("model_type"), "lm"
-    if model_type not in ("llama", "qwen2"):
-      raise CheckpointError(f"unsupported model_type {model_type!r} (supported: llama, qwen2)")
+    if model_type not in ("llama", "qwen2", "mistral"):
+      raise CheckpointError(f"unsupported model_type {model_type!r} (supported: llama, qwen2, "
+                            "mistral)")
 
   def unsupported(what):
     raise CheckpointError(f"{architectures[0] if architectures else model_type}: {what} is not "
@@ -101,7 +112,7 @@ def config_from_hf(hf_config: dict, **overrides) -> tuple[ModelConfig, str]:
     unsupported(f"hidden_act={hf_config['hidden_act']!r}")
   if hf_config.get("mlp_bias"):
     unsupported("mlp_bias=true")
-  if model_type == "llama" and hf_config.get("attention_bias"):
+  if model_type != "qwen2" and hf_config.get("attention_bias"):
     unsupported("attention_bias=true (Llama also puts a bias on o_proj)")
   if hf_config.get("use_sliding_window"):
     unsupported("use_sliding_window=true")
@@ -129,20 +140,42 @@ def config_from_hf(hf_config: dict, **overrides) -> tuple[ModelConfig, str]:
     if labels not in PRM_HEAD_BY_LABELS:
       unsupported(f"a token-classification head with {labels} labels (PRM heads have 1 or 2)")
     fields["prm_head"] = PRM_HEAD_BY_LABELS[labels]
-  return ModelConfig(**fields).replace(**overrides), head
+  if architectures and architectures[0] == TWO_LAYER_PRM:
+    # Its modeling code fixes the head: Linear(D, D) -> ReLU -> Linear(D, 2), whatever
+    # `num_labels` says.
+    fields.update(prm_head="two_class", prm_head_hidden=fields["hidden_size"])
+  config = ModelConfig(**fields).replace(**overrides)
+  window = hf_config.get("sliding_window") if model_type == "mistral" else None
+  if window is not None and window < config.max_seq_len:
+    raise CheckpointError(
+        f"{architectures[0] if architectures else model_type}: sliding_window={window} is "
+        f"smaller than max_seq_len={config.max_seq_len}, and prm_jax has no sliding-window "
+        f"attention; load with max_seq_len={window} (or less): up to the window the "
+        "attention is exact")
+  return config, head
 
 
 def hf_config_from(config: ModelConfig, head: str = "lm", dtype: str | None = None) -> dict:
   """The `config.json` dict transformers (4 and 5) builds `config`'s model from.
 
   Qwen2 when the config has q/k/v biases, Llama otherwise; `head` "lm" -> `*ForCausalLM`,
-  "prm" -> `*ForTokenClassification` with `config.num_prm_logits` labels.
+  "prm" -> `*ForTokenClassification` with `config.num_prm_logits` labels, or
+  `Qwen2ForProcessRewardModel` for a two-layer head (that layout exists for Qwen2 only).
   """
   if head not in HEADS:
     raise ValueError(f"head={head!r} is not one of {HEADS}")
   model_type = "qwen2" if config.qkv_bias else "llama"
   architecture = next(name for name, value in ARCHITECTURES.items()
                       if value == (model_type, head))
+  if head == "prm" and config.prm_head_hidden:
+    if (model_type, config.prm_head, config.prm_head_hidden) != (
+        "qwen2", "two_class", config.hidden_size):
+      raise ValueError(
+          "a PRM head with a hidden layer is written only as Qwen2ForProcessRewardModel "
+          "(q/k/v biases, prm_head='two_class', prm_head_hidden=hidden_size); this config has "
+          f"qkv_bias={config.qkv_bias}, prm_head={config.prm_head!r}, "
+          f"prm_head_hidden={config.prm_head_hidden}")
+    architecture = TWO_LAYER_PRM
   dtype = dtype or config.param_dtype
   hf = {
       "architectures": [architecture], "model_type": model_type,
@@ -197,8 +230,9 @@ def tensor_specs(config: ModelConfig, prefix: str = "model.", prm_tensor: str = 
                  ) -> dict[tuple[str, ...], TensorSpec]:
   """Flattened param path -> `TensorSpec`, for every leaf `config`'s params can have.
 
-  `prm_tensor` names the PRM head's HF tensors (`score` of token classification, or
-  `v_head.summary` for a value-head PRM).
+  `prm_tensor` names the PRM head's HF tensors (`score` of token classification,
+  `v_head.summary` for a value-head PRM, `reward_head` for a separately stored head); a
+  two-layer head is the torch `Sequential` `{prm_tensor}.0` (hidden) and `.2` (output).
   """
   layer = f"{prefix}layers.{{layer}}."
   linear = ((1,), (0,))  # torch `[out, in]` <-> our `[in, out]`.
@@ -210,11 +244,14 @@ def tensor_specs(config: ModelConfig, prefix: str = "model.", prm_tensor: str = 
                                                   ((0,),)),
       ("layers", "attn", "o_kernel"): TensorSpec(layer + "self_attn.o_proj.weight", ((2,), (0, 1))),
       ("lm_head",): TensorSpec("lm_head.weight", linear),
-      ("prm_head", "kernel"): TensorSpec(f"{prm_tensor}.weight", linear),
-      ("prm_head", "bias"): TensorSpec(f"{prm_tensor}.bias", ((0,),)),
+      ("prm_hidden", "kernel"): TensorSpec(f"{prm_tensor}.0.weight", linear),
+      ("prm_hidden", "bias"): TensorSpec(f"{prm_tensor}.0.bias", ((0,),)),
       ("value_head", "kernel"): TensorSpec("v_head.summary.weight", linear),
       ("value_head", "bias"): TensorSpec("v_head.summary.bias", ((0,),)),
   }
+  out = f"{prm_tensor}.2" if config.prm_head_hidden else prm_tensor
+  specs[("prm_head", "kernel")] = TensorSpec(f"{out}.weight", linear)
+  specs[("prm_head", "bias")] = TensorSpec(f"{out}.bias", ((0,),))
   for name in "qkv":
     specs[("layers", "attn", f"{name}_kernel")] = TensorSpec(
         layer + f"self_attn.{name}_proj.weight", ((1, 2), (0,)))
@@ -248,7 +285,11 @@ class TensorSource(Protocol):
 class SafetensorsSource:
   """The tensors of a HF folder: `model.safetensors`, or shards listed in the index file."""
 
-  def __init__(self, folder: Path, stack: contextlib.ExitStack):
+  def __init__(self, folder: Path, stack: contextlib.ExitStack, *,
+               head_file: Path | None = None):
+    """`head_file`: a safetensors file holding a head stored apart from the model (ReasonFlux-
+    PRM-1.5B's `reward_head`: `weight [1, D]`, `bias [1]`); its tensors are read as
+    `reward_head.<name>`."""
     self.folder = pathlib.Path(folder)
     index = self.folder / INDEX_FILE
     if index.exists():
@@ -261,6 +302,14 @@ class SafetensorsSource:
     self._handles: dict[str, Any] = {}
     if self._file_of is None:
       self._file_of = {name: SINGLE_FILE for name in self._handle(SINGLE_FILE).keys()}
+    self._key = {}  # Our name -> the tensor's name in its file, where they differ.
+    if head_file is not None:
+      head_file = pathlib.Path(head_file).absolute()
+      if not head_file.exists():
+        raise CheckpointError(f"{head_file} not found (the reward head)")
+      for key in self._handle(str(head_file)).keys():
+        self._file_of[f"{REWARD_HEAD}.{key}"] = str(head_file)
+        self._key[f"{REWARD_HEAD}.{key}"] = key
 
   def _handle(self, filename: str):
     if filename not in self._handles:
@@ -273,10 +322,13 @@ class SafetensorsSource:
   def shape(self, name):
     if name not in self._file_of:
       return None
-    return tuple(self._handle(self._file_of[name]).get_slice(name).get_shape())
+    return tuple(self._slice(name).get_shape())
 
   def read(self, name, index):
-    return self._handle(self._file_of[name]).get_slice(name)[index]
+    return self._slice(name)[index]
+
+  def _slice(self, name):
+    return self._handle(self._file_of[name]).get_slice(self._key.get(name, name))
 
   def where(self):
     return str(self.folder)
@@ -344,7 +396,8 @@ def _fresh_leaf(config: ModelConfig, path, shape, dtype, sharding, seed: int):
   return jax.jit(init, out_shardings=sharding)(key)
 
 
-def load_params(config: ModelConfig, source: TensorSource, *, optional=("prm_head", "value_head"),
+def load_params(config: ModelConfig, source: TensorSource, *,
+                optional=("prm_head", "prm_hidden", "value_head"),
                 prefix: str = "model.", prm_tensor: str = "score", mesh=None,
                 rules=parallel.LOGICAL_AXIS_RULES, seed: int = 0) -> dict:
   """The parameter tree of `config` from `source`, placed on `mesh` (None: default device).
@@ -401,9 +454,11 @@ def dtype_fields(dtype, overrides: dict) -> dict:
 
 
 def load_pretrained(path: Path, dtype=jnp.float32, *, mesh=None, rules=parallel.LOGICAL_AXIS_RULES,
-                    seed: int = 0, value_head_as_prm: bool = False, **overrides
+                    seed: int = 0, value_head_as_prm: bool = False,
+                    reward_head: Path | None = None, **overrides
                     ) -> tuple[ModelConfig, dict]:
-  """Load a Llama / Qwen2 HF checkpoint folder (`*ForCausalLM` or `*ForTokenClassification`).
+  """Load a Llama / Qwen2 / Mistral HF checkpoint folder (`*ForCausalLM`,
+  `*ForTokenClassification` or `Qwen2ForProcessRewardModel`).
 
   Args:
     path: folder with `config.json` and `model.safetensors` or `model.safetensors.index.json`.
@@ -414,6 +469,11 @@ def load_pretrained(path: Path, dtype=jnp.float32, *, mesh=None, rules=parallel.
     seed: initialises the heads the checkpoint lacks (see module docstring).
     value_head_as_prm: the checkpoint is a value-head PRM (one sigmoid logit per token, read
       at step ends): its TRL value head `v_head.summary` becomes a scalar `prm_head`.
+    reward_head: a safetensors file with a linear head stored apart from the model
+      (`weight [1, D]`, `bias [1]`; ReasonFlux-PRM-1.5B): it becomes a scalar `prm_head`.
+      A torch-pickled head converts once with `python -c "import torch, safetensors.torch
+      as st; st.save_file(torch.load('reward_head.pt', weights_only=True),
+      'reward_head.safetensors')"`; prm_jax never unpickles at load time.
     **overrides: any `ModelConfig` field (e.g. `max_seq_len`, `dtype`, `prm_head`, `remat`).
   Returns:
     `(config, params)`; `config.value_head` is set when the checkpoint has a TRL value head
@@ -422,18 +482,22 @@ def load_pretrained(path: Path, dtype=jnp.float32, *, mesh=None, rules=parallel.
   folder = pathlib.Path(path)
   hf_config = _read_json(folder / "config.json")
   with contextlib.ExitStack() as stack:
-    source = SafetensorsSource(folder, stack)
+    source = SafetensorsSource(folder, stack, head_file=reward_head)
     has_value_head = source.shape("v_head.summary.weight") is not None
-    if value_head_as_prm:
+    if value_head_as_prm and reward_head is not None:
+      raise ValueError("value_head_as_prm and reward_head both name the PRM head; pass one")
+    head_tensor = ("v_head.summary" if value_head_as_prm else
+                   REWARD_HEAD if reward_head is not None else "score")
+    if head_tensor != "score":
       overrides.setdefault("prm_head", "scalar")
     overrides.setdefault("value_head", has_value_head and not value_head_as_prm)
     config, head = config_from_hf(hf_config, **dtype_fields(dtype, overrides))
     # Base-model checkpoints (`LlamaModel`) name tensors without the `model.` prefix.
     prefix = "model." if source.shape("model.embed_tokens.weight") is not None else ""
     optional = ("value_head",) + (("lm_head",) if head == "prm" else ())
-    optional += () if value_head_as_prm else ("prm_head",)
+    optional += ("prm_head", "prm_hidden") if head_tensor == "score" else ()
     params = load_params(config, source, optional=optional, prefix=prefix,
-                         prm_tensor="v_head.summary" if value_head_as_prm else "score",
+                         prm_tensor=head_tensor,
                          mesh=mesh, rules=rules, seed=seed)
   return config, params
 
@@ -454,7 +518,8 @@ def save_pretrained(config: ModelConfig, params: dict, path: Path, *, head: str 
 
   Args:
     head: "lm" writes `*ForCausalLM` (the LM head; the PRM head is not stored), "prm" writes
-      `*ForTokenClassification` whose `score` is the PRM head (the LM head is not stored).
+      `*ForTokenClassification` whose `score` is the PRM head (the LM head is not stored),
+      or `Qwen2ForProcessRewardModel` (`score.0`, `score.2`) for a two-layer PRM head.
       A value head is always stored in TRL's `v_head.summary` names.
     dtype: tensor dtype in the files ("float32", "bfloat16", "float16"); default
       `config.param_dtype`.
@@ -463,12 +528,11 @@ def save_pretrained(config: ModelConfig, params: dict, path: Path, *, head: str 
   Every process must call this (sharded leaves are gathered); process 0 writes. Files are
   written under a temporary name and renamed, so a failed save leaves no half-written file.
   """
-  if head not in HEADS:
-    raise ValueError(f"head={head!r} is not one of {HEADS}")
   dtype = dtype or config.param_dtype
+  hf = hf_config_from(config, head, dtype)  # Raises for what cannot be written, before any file.
   np_dtype = jnp.dtype(dtype)
   flat = traverse_util.flatten_dict(params)
-  skip = {"prm": ("lm_head",), "lm": ("prm_head",)}[head]
+  skip = {"prm": ("lm_head",), "lm": ("prm_head", "prm_hidden")}[head]
   specs = tensor_specs(config)
 
   # Plan: (HF name, leaf path, layer or None) in leaf order, then cut into files by size.
@@ -513,6 +577,5 @@ def save_pretrained(config: ModelConfig, params: dict, path: Path, *, head: str 
                "weight_map": {name: filename for filename, entries in zip(names, shards)
                               for name, _, _ in entries}}
       files.write_text(folder / INDEX_FILE, json.dumps(index, indent=2))
-    hf = hf_config_from(config, head, dtype)
     files.write_text(folder / "config.json", json.dumps(hf, indent=2))
 

@@ -503,7 +503,10 @@ class Transformer(nn.Module):
       # Hidden state at each step's last token, then the head in fp32.
       index = jnp.clip(step_positions, 0, hidden.shape[1] - 1)[..., None]
       h_steps = jnp.take_along_axis(hidden, index, axis=1)
-      head = self._fp32_head("prm_head", c.num_prm_logits)(h_steps)
+      if c.prm_head_hidden:
+        h_steps = jax.nn.relu(self._fp32_head("prm_hidden", c.prm_head_hidden)(h_steps))
+      head = self._fp32_head("prm_head", c.num_prm_logits,
+                             None if c.prm_head_hidden else "embed")(h_steps)
       # Both head kinds reduce to one logit with p = sigmoid(logit): for two classes
       # softmax([l0, l1])[1] == sigmoid(l1 - l0).
       step_logits = head[..., 1] - head[..., 0] if c.prm_head == "two_class" else head[..., 0]
@@ -513,9 +516,9 @@ class Transformer(nn.Module):
       outputs["values"] = self._fp32_head("value_head", 1)(hidden)[..., 0]
     return outputs
 
-  def _fp32_head(self, name: str, features: int) -> nn.Dense:
+  def _fp32_head(self, name: str, features: int, in_axis: str | None = "embed") -> nn.Dense:
     c = self.config
     return nn.Dense(features, dtype=jnp.float32, param_dtype=c.params_dtype,
-                    kernel_init=_init(c, ("embed", None)),
+                    kernel_init=_init(c, (in_axis, None)),
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
                     name=name)

@@ -22,9 +22,12 @@ Config sections:
          for the metric; "checkpoint" a prm_jax checkpoint of the `model` fields (character
          tokenizer: a sample with another character is an error naming it); "hf" a
          `*ForTokenClassification` PRM folder; "gguf" a language model whose PRM head is
-         fresh (a floor too). `max_length`: tokens of problem + steps (a longer sample is an
-         error naming it); `batch_size`; `step_separator`: appended to every step, the PRM
-         scores its last token
+         fresh (a floor too). `format`: "" (prm_jax's layout: `step_separator` appended to
+         every step, the PRM scores its last token) or a published PRM's format
+         (`models.published.FORMATS`: "qwen-math-prm", "reasonflux-prm", "math-shepherd",
+         "rlhflow"; needs `init="hf"`): its head, text layout and score positions.
+         `max_length`: tokens of one sample (a longer sample is an error naming it);
+         `batch_size`
   eval   `threshold`, `calibration`
   mesh, distributed
 
@@ -35,6 +38,7 @@ samples changed), `results.json` and `results.md` (atomically, process 0).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -49,6 +53,7 @@ from prm_jax.data.tokenize import tokenize_stepwise
 from prm_jax.data.tokenizer import DEFAULT_ALPHABET, CharTokenizer
 from prm_jax.evaluate import benchmark_f1
 from prm_jax.evaluate.prm_scores import StepScorer
+from prm_jax.models import published
 from prm_jax.pipelines import stages
 
 SOURCES = ("folder", "champ")
@@ -100,9 +105,24 @@ def calibration_set(config: ml_collections.ConfigDict, folder: str
 
 
 def load_prm(config: ml_collections.ConfigDict, samples: list[Trajectory], mesh):
-  """(model config, params, tokenizer) of `config.prm`; a `scratch` PRM is initialised from
-  `config.seed` with characters of `samples` beyond printable ASCII in its alphabet."""
-  model_config, params, tokenizer = stages.load_model(config.prm, "prm", mesh)
+  """(model config, params, tokenizer, encode) of `config.prm`: `encode(trajectory)` lays a
+  sample out as the PRM reads it. A `scratch` PRM is initialised from `config.seed` with
+  characters of `samples` beyond printable ASCII in its alphabet."""
+  section = config.prm
+  if section.format:
+    if section.init != "hf":
+      raise ValueError(f"prm.format={section.format!r} reads a Hugging Face folder: set "
+                       f"prm.init='hf' (it is {section.init!r})")
+    if published.get_format(section.format).layout == "last_token":
+      raise ValueError(f"prm.format={section.format!r} scores whole solutions, not steps: "
+                       "ProcessBench needs a score per step")
+    if not section.path:
+      raise ValueError("prm.path is empty: prm.format loads the PRM from it")
+    prm = published.load(section.format, section.path, mesh=mesh)
+    model_config, params, tokenizer, encode = prm.config, prm.params, prm.tokenizer, prm.encode
+  else:
+    model_config, params, tokenizer = stages.load_model(section, "prm", mesh)
+    encode = None
   if params is None:
     texts = {char for t in samples for text in [t.problem, *t.steps] for char in text}
     tokenizer = CharTokenizer(DEFAULT_ALPHABET + "".join(sorted(texts - set(DEFAULT_ALPHABET))))
@@ -110,19 +130,21 @@ def load_prm(config: ml_collections.ConfigDict, samples: list[Trajectory], mesh)
       raise ValueError(f"prm.model.vocab_size={model_config.vocab_size} is smaller than the "
                        f"{tokenizer.vocab_size} characters (and special tokens) of the samples")
     params = parallel.init_params_sharded(model_config, jax.random.key(config.seed), mesh)
-  if config.prm.max_length > model_config.max_seq_len:
-    raise ValueError(f"prm.max_length={config.prm.max_length} exceeds the model's "
+  if section.max_length > model_config.max_seq_len:
+    raise ValueError(f"prm.max_length={section.max_length} exceeds the model's "
                      f"max_seq_len={model_config.max_seq_len}")
-  return model_config, params, tokenizer
+  encode = encode or functools.partial(tokenize_stepwise, tokenizer,
+                                       step_separator=section.step_separator)
+  return model_config, params, tokenizer, encode
 
 
-def check_lengths(samples: list[Trajectory], tokenizer, section: ml_collections.ConfigDict
+def check_lengths(samples: list[Trajectory], encode, section: ml_collections.ConfigDict
                   ) -> int:
-  """The most steps of any sample; one the tokenizer cannot read or longer than
+  """The most steps of any sample; one `encode` cannot lay out or longer than
   `section.max_length` tokens raises naming its file and line."""
   for sample in samples:
     try:
-      ids = tokenize_stepwise(tokenizer, sample, step_separator=section.step_separator)
+      ids = encode(sample)
     except ValueError as err:
       raise ValueError(f"{sample.meta['source']}: {err}") from None
     if len(ids["input_ids"]) > section.max_length:
@@ -228,12 +250,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if os.path.exists(path):
     _check_stage(files.read_json(path), groups, settings, path)
   samples = [s for group in groups.values() for s in group]
-  model_config, params, tokenizer = load_prm(config, samples, mesh)
-  max_steps = check_lengths(samples, tokenizer, config.prm)
+  model_config, params, tokenizer, encode = load_prm(config, samples, mesh)
+  max_steps = check_lengths(samples, encode, config.prm)
   scores = stages.stage(workdir, "scores.json", lambda: score(
       StepScorer(model_config, params, tokenizer, max_length=config.prm.max_length,
-                 max_steps=max_steps, batch_size=config.prm.batch_size,
-                 step_separator=config.prm.step_separator, mesh=mesh), groups, settings))
+                 max_steps=max_steps, batch_size=config.prm.batch_size, mesh=mesh,
+                 encode=encode), groups, settings))
   results = results_of(config, folder, groups, scores["groups"])
   if jax.process_index() == 0:
     files.write_json(os.path.join(workdir, "results.json"), results)
