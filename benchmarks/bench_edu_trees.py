@@ -31,7 +31,6 @@ import argparse
 import dataclasses
 import importlib.util
 import os
-import platform
 import time
 
 import jax
@@ -43,6 +42,7 @@ from prm_jax.data import read
 from prm_jax.data.chat import apply_chat_template
 from prm_jax.labeling import edu
 from prm_jax.models.gguf import load_gguf
+from worker import machine
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +155,7 @@ def main():
           config, params, prompts, trees, tokenizer.eos_id, args.max_new_tokens,
           args.independent_batch)
       timings[name].append(time.perf_counter() - start)
-  print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores | jax "
+  print(f"# {machine()} | jax "
         f"{jax.__version__} | {os.path.basename(path)} {args.dtype} | {len(prompts)} questions "
         f"({args.in_flight} in flight), independent rows <= {args.independent_batch} per call, "
         f"tau={args.tau}, leaves<={args.leaves}, max_new_tokens={args.max_new_tokens}, "

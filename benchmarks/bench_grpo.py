@@ -40,7 +40,7 @@ import time
 
 import numpy as np
 
-from worker import run_worker
+from worker import machine, run_worker
 
 SHAPES = {
     "policy": dict(vocab_size=99, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=4,
@@ -184,7 +184,7 @@ def main():
   variants = _variants(cores)
   if args.variants:
     variants = {name: variants[name] for name in args.variants}
-  print(f"# {platform.node()} | {platform.processor() or platform.machine()} | {cores} cores | "
+  print(f"# {platform.node()} | {machine()} | "
         f"load {os.getloadavg()[0]:.1f} at start | {args.repeats} repeat(s) | "
         f"{PROMPTS} prompts x {GROUP} samples, prompt {PROMPT_LEN} + completion "
         f"<= {COMPLETION_LEN} tokens")

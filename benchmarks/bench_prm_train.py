@@ -44,7 +44,7 @@ import time
 
 import numpy as np
 
-from worker import run_worker
+from worker import machine, run_worker
 
 STEP_EVERY = 16  # Tokens per reasoning step in the synthetic data.
 
@@ -197,7 +197,7 @@ def main():
   variants = _variants(cores)
   if args.variants:
     variants = {name: variants[name] for name in args.variants}
-  print(f"# {platform.node()} | {platform.processor() or platform.machine()} | {cores} cores | "
+  print(f"# {platform.node()} | {machine()} | "
         f"load {os.getloadavg()[0]:.1f} at start | {args.repeats} repeat(s) | XLA_FLAGS extra: "
         f"{os.environ.get('BENCH_XLA_FLAGS', '') or 'none'}")
   print("| shape | batch x seq | variant | steps timed | tokens/s (median step) | "

@@ -19,13 +19,13 @@ each; an interrupted sweep resumes), then writes `<workdir>/summary.md` (printed
 from __future__ import annotations
 
 import os
-import platform
 
 import numpy as np
 
 from prm_jax import files
 from prm_jax.evaluate.report import plot_labeling_curves, plot_test_time
 from seed_sweep import sweep
+from worker import machine
 
 METHODS = ("prm_vote", "prm_min")
 
@@ -74,9 +74,9 @@ def labeling_claim(results: list[dict], method: str) -> list[str]:
 def summary(seeds: list[int], results: list[dict]) -> str:
   methods = results[0]["methods"]
   n = str(max(int(k) for k in next(iter(methods.values()))["bon"]["prm_vote"]))
-  machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+  host = machine()
   lines = [f"EDU-PRM in miniature over {len(results)} seeds ({', '.join(map(str, seeds))}; "
-           f"{machine})", "",
+           f"{host})", "",
            f"| PRM | labeling tokens | PRM vote @{n} | PRM min @{n} | ProcessBench F1 | "
            "step AUROC |", "|---|---|---|---|---|---|"]
   fmt = lambda values: "{:.3f} ± {:.3f}".format(*_stats(values)) if None not in values else "n/a"

@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 
 import numpy as np
 
 from prm_jax import files
+from worker import machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # name -> (experiment, overrides)
@@ -76,8 +76,8 @@ def summary(seeds: list[int], runs: dict[str, list[dict]], target: float) -> str
   acc = lambda v: f"{v:.3f}"
   signed = lambda v: f"{v:+.3f}"
   head = " | ".join(f"seed {s}" for s in seeds)
-  lines = [f"Online RL on {len(seeds)} seeds ({platform.processor() or platform.machine()}, "
-           f"{os.cpu_count()} cores); test accuracy after {steps} steps", "",
+  lines = [f"Online RL on {len(seeds)} seeds ({machine()}); test accuracy after {steps} steps",
+           "",
            f"| setting | {head} | mean | spread |", "|---" * (len(seeds) + 3) + "|"]
   lines.append(_row("SFT policy, sampled", [r["initial"]["sampled_accuracy"] for r in first],
                     acc))

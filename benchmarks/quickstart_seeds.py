@@ -14,12 +14,12 @@ than the seed-to-seed spread (of either method).
 from __future__ import annotations
 
 import os
-import platform
 
 import numpy as np
 
 from prm_jax import files
 from seed_sweep import sweep
+from worker import machine
 
 METHODS = ("majority", "prm_vote", "prm_min", "prm_prod", "prm_last", "prm_mean", "orm",
            "oracle", "random")
@@ -40,7 +40,7 @@ def summary(seeds: list[int], results: list[dict]) -> str:
   n = str(max(int(k) for k in results[0]["bon"]["majority"]))
   head = " | ".join(f"seed {s}" for s in seeds)
   lines = [f"Best-of-{n} accuracy on {len(results)} seeds "
-           f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores)", "",
+           f"({machine()})", "",
            f"| method | {head} | mean | spread |", "|---" * (len(seeds) + 3) + "|"]
   for method in METHODS:
     values = np.array([r["bon"][method][n] for r in results])

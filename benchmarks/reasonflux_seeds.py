@@ -20,13 +20,13 @@ each; an interrupted sweep resumes), then writes `<workdir>/summary.md` (printed
 from __future__ import annotations
 
 import os
-import platform
 
 import numpy as np
 
 from prm_jax import files
 from prm_jax.evaluate.report import plot_selection
 from seed_sweep import sweep
+from worker import machine
 
 
 def _stats(values) -> tuple[float, float]:
@@ -72,10 +72,10 @@ def grpo_summary(results: list[dict]) -> list[str]:
 
 
 def summary(seeds: list[int], results: list[dict]) -> str:
-  machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+  host = machine()
   first = results[0]
   lines = [f"ReasonFlux-PRM in miniature over {len(results)} seeds ({', '.join(map(str, seeds))};"
-           f" {machine})", "",
+           f" {host})", "",
            f"Selection: top {first['top_k']} of {sum(first['pool']['kinds'].values())} pool "
            f"pairs ({first['pool']['response_correct']:.1%} right responses) -> SFT from "
            "scratch; test accuracy, mean (spread):", "",

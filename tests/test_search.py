@@ -141,12 +141,12 @@ def test_dvts_subtrees_are_disjoint_and_each_yields_one_candidate(policy):
 
 
 def test_best_answer_rules():
-  cands = [search.Candidate(["x", "7"], 0.9, True), search.Candidate(["3"], 0.5, True),
-           search.Candidate(["3"], 0.6, True), search.Candidate(["?"], 1.0, False)]
-  answer_of = lambda steps: steps[-1] if steps[-1].isdigit() else None
-  assert search.best_answer(cands, answer_of, "best") == "7"
-  assert search.best_answer(cands, answer_of, "vote") == "3"  # 1.1 > 0.9
-  assert search.best_answer(cands[3:], answer_of) is None
+  answers, scores = ["7", "3", "3", None], [0.9, 0.5, 0.6, 1.0]
+  assert search.best_answer(answers, scores, "best") == "7"  # The unanswered 1.0 takes no part.
+  assert search.best_answer(answers, scores, "vote") == "3"  # 1.1 > 0.9
+  assert search.best_answer([None], [1.0]) is None
+  with pytest.raises(ValueError, match="rule='max'"):
+    search.best_answer(answers, scores, "max")
 
 
 @pytest.mark.parametrize("fields,message", [

@@ -60,6 +60,7 @@ def write_report(results: dict, workdir: str) -> None:
 
 
 FAMILY_NAMES = {"mc": "uniform Monte Carlo", "edu": "EDU trees", "p_edu": "P-EDU trees"}
+SEARCH_NAMES = {"bon": "Best-of-N", "beam": "beam search", "dvts": "DVTS"}
 
 
 def _pyplot():
@@ -128,6 +129,25 @@ def plot_test_time(runs: list[dict], path: str, method: str = "prm_vote") -> Non
   ax.set_xscale("log")
   _finish(fig, ax, path, "generated tokens per problem", f"accuracy ({METHOD_NAMES[method]})",
           "Test-time sampling at equal compute")
+
+
+def plot_search(runs: list[dict], path: str, rule: str = "vote") -> None:
+  """Accuracy (answer `rule`) against generated tokens per problem, one curve per search
+  method through its N values; with several runs (seeds) the mean, and the min-max spread
+  of the accuracy as a band. `runs`: `test_time_search` results."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for method, by_n in runs[0]["methods"].items():
+    ns = sorted(by_n, key=int)
+    tokens = [np.mean([r["methods"][method][n]["tokens"] for r in runs]) for n in ns]
+    accuracy = np.array([[r["methods"][method][n]["accuracy"][rule] for r in runs] for n in ns])
+    line, = ax.plot(tokens, accuracy.mean(1), marker="o",
+                    label=f"{SEARCH_NAMES.get(method, method)}, N = " + ", ".join(ns))
+    if len(runs) > 1:
+      ax.fill_between(tokens, accuracy.min(1), accuracy.max(1), alpha=0.2, color=line.get_color())
+  ax.set_xscale("log")
+  _finish(fig, ax, path, "generated tokens per problem", f"accuracy (PRM answer rule: {rule})",
+          f"PRM-guided search at equal compute ({len(runs)} seed{'s' * (len(runs) > 1)})")
 
 
 def plot_selection(runs: list[dict], path: str) -> None:

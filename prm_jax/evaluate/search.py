@@ -159,7 +159,7 @@ def select(scores: Sequence[float], groups: Sequence[int], quota: dict[int, int]
 
 def search(config: ModelConfig, params, tokenizer: Tokenizer, problems: Sequence[str],
            scorer: Scorer, search_config: SearchConfig, rng, *,
-           step_separator: str = "\n", mesh=None) -> SearchResult:
+           step_separator: str = "\n", first_problem: int = 0, mesh=None) -> SearchResult:
   """Beam search or DVTS (module docstring) for every problem, batched.
 
   Args:
@@ -169,6 +169,9 @@ def search(config: ModelConfig, params, tokenizer: Tokenizer, problems: Sequence
     scorer: trajectories -> their step scores (`[len(steps)]` each); a child is scored by
       its last step's.
     rng: a PRNG key (typed or raw).
+    first_problem: the index of `problems[0]` in a larger set searched in several calls:
+      problem p draws with `child_key(rng, first_problem + p, ...)`, so a set searched in
+      chunks of any size gives the same steps.
   """
   cfg = search_config
   separator = tokenizer.encode(step_separator)
@@ -204,7 +207,8 @@ def search(config: ModelConfig, params, tokenizer: Tokenizer, problems: Sequence
       break
     real = [(p, b, j) for p, b in parents for j in range(cfg.width)]
     slots = np.array([p * cfg.n + b * cfg.width + j for p, b, j in real])
-    keys = np.stack([child_key(rng, p, depth, b * cfg.width + j) for p, b, j in real])
+    keys = np.stack([child_key(rng, first_problem + p, depth, b * cfg.width + j)
+                     for p, b, j in real])
     batch_keys = np.repeat(keys[:1], rows, axis=0)
     batch_keys[slots] = keys
     if depth == 0:
@@ -267,19 +271,18 @@ def search(config: ModelConfig, params, tokenizer: Tokenizer, problems: Sequence
   return SearchResult(candidates, tokens_used, prm_calls, kept_log)
 
 
-def best_answer(candidates: Sequence[Candidate], answer_of: Callable[[list[str]], str | None],
+def best_answer(answers: Sequence[str | None], scores: Sequence[float],
                 rule: str = "vote") -> str | None:
-  """A problem's answer from its candidates: "best" = the highest-scoring candidate's, "vote"
-  = the answer with the largest sum of scores (PRM-weighted vote); candidates without an
-  answer (`answer_of` None) do not take part."""
-  answered = [(answer_of(c.steps), c.score) for c in candidates]
-  answered = [(a, s) for a, s in answered if a is not None]
+  """A problem's answer from its candidates' final answers and PRM scores: "best" = the
+  highest-scoring candidate's, "vote" = the answer with the largest sum of scores
+  (PRM-weighted vote); a candidate without an answer (None) takes no part."""
+  if rule not in ("best", "vote"):
+    raise ValueError(f"rule={rule!r} is not 'best' or 'vote'")
+  answered = [(a, s) for a, s in zip(answers, scores) if a is not None]
   if not answered:
     return None
   if rule == "best":
     return max(answered, key=lambda pair: pair[1])[0]
-  if rule != "vote":
-    raise ValueError(f"rule={rule!r} is not 'best' or 'vote'")
   totals = collections.defaultdict(float)
   for answer, score in answered:
     totals[answer] += score

@@ -17,6 +17,7 @@ PIPELINES: dict[str, str] = {
     "processbench": "prm_jax.pipelines.processbench",
     "quickstart": "prm_jax.pipelines.quickstart",
     "reasonflux": "prm_jax.pipelines.reasonflux",
+    "test_time_search": "prm_jax.pipelines.test_time_search",
 }
 
 
