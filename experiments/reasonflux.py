@@ -19,8 +19,9 @@ the step PRM); GRPO from the SFT policy for 100 steps with the rule-only reward 
 
 Paper's claims (Zou et al. 2025): selection by ReasonFlux-PRM beats other selectors for SFT
 (+12.1% on hard benchmarks); as a GRPO reward it beats the rule-based reward (+4.5%);
-Best-of-N by it scales better (+6.3%). Expected result here (2-core CPU, ~RUNTIME minutes
-per seed; 3 seeds and the verdicts in `benchmarks/RESULTS.md`): step AUROC of the PRM on
+Best-of-N by it scales better (+6.3%). Expected result here (2-core CPU, ~34 minutes per
+seed, measured on a busy Intel Xeon VM; 3 seeds and the verdicts go to
+`benchmarks/RESULTS.md` when measured): step AUROC of the PRM on
 held-out pairs well above 0.5; its Best-of-8 pick right more often than a random pick and
 than the step PRM's. `:smoke` checks the machinery end to end
 (`tests/test_reasonflux_pipeline.py`), not the result.
