@@ -2,7 +2,6 @@
 (`experiments/test_time_search.py:smoke`): every artefact, Best-of-N's cost recomputed from
 the samples, a rerun that reuses every stage, and bad settings named before any work."""
 
-import json
 import os
 import re
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import test_time_search
+from prm_jax import files
 from prm_jax.pipelines.test_time_search import check_settings
 from tests.launch_helper import launch
 
@@ -24,19 +24,14 @@ def smoke_run(tmp_path_factory):
   return workdir
 
 
-def _json(path):
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
-
-
 def test_smoke_run_writes_every_artefact_and_counts_cost(smoke_run):
   for name in ("tasks.json", "samples.json", "labels.json", "search.json", "results.json",
                "results.md", "search_curve.png"):
     assert os.path.isfile(smoke_run / name), name
   config = test_time_search.get_config("smoke")
-  results = _json(smoke_run / "results.json")
+  results = files.read_json(smoke_run / "results.json")
   assert set(results["methods"]) == {"bon", "beam", "dvts"}
-  samples = _json(smoke_run / "samples.json")["test"]["samples"]
+  samples = files.read_json(smoke_run / "samples.json")["test"]["samples"]
   n = config.search.ns[0]
   tokens = [sum(s["tokens"] for s in samples[p * n:(p + 1) * n]) for p in range(len(samples) // n)]
   bon = results["methods"]["bon"][str(n)]
@@ -58,11 +53,11 @@ def test_smoke_run_writes_every_artefact_and_counts_cost(smoke_run):
 
 
 def test_rerun_reuses_every_stage(smoke_run):
-  before = _json(smoke_run / "results.json")
+  before = files.read_json(smoke_run / "results.json")
   done = launch(*SMOKE, workdir=smoke_run)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "stage results.json: done before" in done.stderr
-  assert _json(smoke_run / "results.json") == before
+  assert files.read_json(smoke_run / "results.json") == before
 
 
 @pytest.mark.parametrize("override,message", [

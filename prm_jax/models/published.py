@@ -41,7 +41,6 @@ tag id, so a tag inside a problem or a step cannot move a score.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from typing import Callable, Sequence
 
@@ -248,8 +247,7 @@ def load(name: str, path, *, tokenizer_path=None, reward_head=None, mesh=None,
   """
   fmt = get_format(name)
   folder = pathlib.Path(path)
-  hf_config = json.loads((folder / "config.json").read_text()) if (
-      folder / "config.json").exists() else {}
+  hf_config = hf._read_json(folder / "config.json")
   architecture = (hf_config.get("architectures") or ["?"])[0]
   if architecture not in fmt.architectures:
     raise hf.CheckpointError(f"{folder / 'config.json'}: architecture {architecture!r}; the "
