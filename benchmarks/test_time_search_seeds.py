@@ -7,9 +7,11 @@ workdir each; an interrupted sweep resumes), then writes `<workdir>/summary.md` 
 `<workdir>/search_curve.png` (mean over seeds, min-max band): per method and N the accuracy
 (PRM-weighted vote and best PRM score), generated tokens and PRM calls per problem, and the
 claim of the test-time scaling studies: beam search / DVTS beat Best-of-N at equal
-generated tokens at small budgets. A search point beats Best-of-N when its vote accuracy
-exceeds Best-of-N's at the same tokens (linear between measured N, only inside Best-of-N's
-range) on every seed and by more than the seed-to-seed spread of either.
+generated tokens at small budgets (and EDU-PRM's: EDU trees match high-temperature
+Best-of-N with fewer tokens). A search point beats Best-of-N when its vote accuracy
+exceeds Best-of-N's at the same tokens (linear between measured N) on every seed and by
+more than the seed-to-seed spread of either; a point with fewer tokens than Best-of-N's
+smallest N is compared with that N (which costs more).
 """
 
 from __future__ import annotations
@@ -44,15 +46,19 @@ def summary(seeds: list[int], results: list[dict]) -> str:
       search = np.array([r["methods"][method][n]["accuracy"]["vote"] for r in results])
       bon = np.array([r["at_equal_tokens"][method][n]["bon"]["vote"] for r in results])
       inside = all(r["at_equal_tokens"][method][n]["inside"] for r in results)
+      fewer = all(r["methods"][method][n]["tokens"]
+                  < min(b["tokens"] for b in r["methods"]["bon"].values()) for r in results)
       margin, spread = float(np.mean(search - bon)), float(max(np.ptp(search), np.ptp(bon)))
-      if not inside:
-        verdict = "not comparable (outside Best-of-N's measured tokens)"
-      elif margin > spread and np.all(search > bon):
+      if margin > spread and np.all(search > bon):
         verdict = "beats Best-of-N by more than the spread"
       elif margin < -spread and np.all(search < bon):
         verdict = "below Best-of-N by more than the spread"
       else:
         verdict = "no difference shown"
+      if fewer:  # Best-of-N's fewest tokens stand in: a search level with it costs less.
+        verdict = f"fewer tokens than Best-of-N's smallest N; against it: {verdict}"
+      elif not inside:
+        verdict = "not comparable (more tokens than Best-of-N's largest N)"
       lines.append(f"- {SEARCH_NAMES[method]} N={n}: {search.mean():.3f} vs Best-of-N "
                    f"{bon.mean():.3f} at equal tokens (margin {margin:+.3f}, spread "
                    f"{spread:.3f}): {verdict}")

@@ -49,6 +49,22 @@ from experiments import quickstart
 from prm_jax import config_lib
 
 
+# Entropy threshold (nats) chosen from the policy's profile on PRM-training problems
+# (README, EDU-PRM): almost every greedy token is below 0.05; 3% are above 0.3, at the
+# digits where the policy hesitates between a result and its misconception.
+TAU = 0.3
+
+
+def tree_section(**extra) -> ml_collections.ConfigDict:
+  """How EDU trees grow on the quickstart's policy (`stages.edu_trees`); shared with the
+  test-time search comparison (`experiments/test_time_search.py`)."""
+  return ml_collections.ConfigDict(dict(
+      max_anchors=4, min_gap=2, order="entropy", temperature=0.0, queries_per_batch=64,
+      # "default": whitespace, punctuation and special tokens (`edu.excluded_token_ids`);
+      # or the characters whose tokens are excluded.
+      exclude="default", **extra))
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg not in (None, "", "smoke", "smollm2", "gsm8k"):
     raise ValueError(f"experiments/edu_prm.py takes '', 'smoke', 'smollm2' or 'gsm8k', got "
@@ -59,10 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     return _gsm8k(get_config())
   smoke = arg == "smoke"
   config = quickstart.get_config("smoke" if smoke else None)
-  # Entropy thresholds (nats) chosen from the policy's profile on PRM-training problems
-  # (README, EDU-PRM): almost every greedy token is below 0.05; 3% are above 0.3, at the
-  # digits where the policy hesitates between a result and its misconception.
-  tau, low_tau = 0.3, 0.1
+  tau, low_tau = TAU, 0.1
   with config.unlocked():
     config.pipeline = "edu_prm"
     del config.orm  # No outcome model here: every reward model is a step PRM.
@@ -73,14 +86,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # (k rollouts per step, PRM problems), k <= labeling.rollouts (those are sampled
         # once; a budget reads its first k); the first is the quickstart's labeling.
         budgets=((4, 128),) if smoke else ((4, 1536), (1, 1536), (1, 384))))
-    config.edu = ml_collections.ConfigDict(dict(
-        max_anchors=4, min_gap=2, order="entropy", temperature=0.0, queries_per_batch=64,
-        # "default": whitespace, punctuation and special tokens (`edu.excluded_token_ids`);
-        # or the characters whose tokens are excluded.
-        exclude="default",
+    config.edu = tree_section(
         # (tau in nats, leaves per query, PRM problems).
         budgets=((tau, 4, 32),) if smoke else (
-            (tau, 8, 1536), (tau, 8, 384), (low_tau, 8, 1536))))
+            (tau, 8, 1536), (tau, 8, 384), (low_tau, 8, 1536)))
     config.p_edu = ml_collections.ConfigDict(dict(
         prune_threshold=0.2, pruner=0 if smoke else 1,  # An index into edu.budgets.
         budgets=((tau, 4, 128),) if smoke else ((tau, 8, 1536),)))

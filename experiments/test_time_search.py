@@ -25,7 +25,7 @@ machinery end to end (`tests/test_test_time_search.py`), not the result.
 
 import ml_collections
 
-from experiments import quickstart
+from experiments import edu_prm, quickstart
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -39,10 +39,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if smoke:
       config.data.test_problems = 16
     config.search = ml_collections.ConfigDict(dict(
-        methods=("bon", "beam", "dvts"), ns=(4,) if smoke else (4, 16, 64),
+        methods=("bon", "beam", "dvts", "edu"), ns=(4,) if smoke else (4, 16, 64),
         # Children per kept prefix (M); N / M prefixes are kept (beam) or subtrees grown.
         width=2 if smoke else 4,
         # A step is one line of the solution; chains have at most max_ops + 1 lines.
         max_steps=4 if smoke else 6, max_step_tokens=12,
         problems_per_batch=16))
+    # EDU tree sampling: the EDU-PRM experiment's trees, at most N leaves (a tree has as
+    # many as its anchors allow: ~2 on this policy, README "EDU-PRM").
+    config.edu = edu_prm.tree_section(tau=edu_prm.TAU)
   return config

@@ -99,6 +99,7 @@ def test_rerun_reuses_every_stage(smoke_run):
     ("--config.edu.budgets=((0.3,4,5000),)", r"edu.budgets=.*every n must be in \[1, "
                                              r"data.prm_problems=384\]"),
     ("--config.p_edu.pruner=3", "p_edu.pruner=3: must index edu.budgets"),
+    ("--config.edu.min_gap=0", r"EduConfig.min_gap=0: must be an int >= 1"),
     ("--config.test_time.ns=(4,16)", r"test_time.ns=\(4, 16\): need values in \[1, "
                                      r"test_time.samples=8\]"),
 ])

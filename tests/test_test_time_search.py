@@ -25,12 +25,13 @@ def smoke_run(tmp_path_factory):
 
 
 def test_smoke_run_writes_every_artefact_and_counts_cost(smoke_run):
-  for name in ("tasks.json", "samples.json", "labels.json", "search.json", "results.json",
+  for name in ("tasks.json", "samples.json", "labels.json", "search_bon.json",
+               "search_beam.json", "search_dvts.json", "search_edu.json", "results.json",
                "results.md", "search_curve.png"):
     assert os.path.isfile(smoke_run / name), name
   config = test_time_search.get_config("smoke")
   results = files.read_json(smoke_run / "results.json")
-  assert set(results["methods"]) == {"bon", "beam", "dvts"}
+  assert set(results["methods"]) == {"bon", "beam", "dvts", "edu"}
   samples = files.read_json(smoke_run / "samples.json")["test"]["samples"]
   n = config.search.ns[0]
   tokens = [sum(s["tokens"] for s in samples[p * n:(p + 1) * n]) for p in range(len(samples) // n)]
@@ -47,9 +48,14 @@ def test_smoke_run_writes_every_artefact_and_counts_cost(smoke_run):
     equal = results["at_equal_tokens"][method][str(n)]
     assert equal["bon"]["vote"] == bon["accuracy"]["vote"]
     assert equal["inside"] == (r["tokens"] == bon["tokens"])
+  # EDU trees: at most N leaves, one PRM call each, every leaf at least one token and at
+  # most max_new_tokens (a child shares its parent's prefix: never more than that).
+  edu = results["methods"]["edu"][str(n)]
+  assert 1 <= edu["leaves"] <= n and edu["prm_calls"] == edu["leaves"]
+  assert edu["leaves"] <= edu["tokens"] <= edu["leaves"] * config.sampling.max_new_tokens
   first_table = (smoke_run / "results.md").read_text().split("\n\n")[1].splitlines()
   assert [line.split(" | ")[0] for line in first_table[2:]] == [
-      "| Best-of-N", "| beam search", "| DVTS"]
+      "| Best-of-N", "| beam search", "| DVTS", "| EDU trees"]
 
 
 def test_rerun_reuses_every_stage(smoke_run):
@@ -63,6 +69,7 @@ def test_rerun_reuses_every_stage(smoke_run):
 @pytest.mark.parametrize("override,message", [
     ("--config.search.ns=(5,)", r"N=5 is not divisible by search.width=2"),
     ("--config.search.methods=('mcts',)", r"search.methods has \['mcts'\]"),
+    ("--config.edu.tau=-1.0", r"EduConfig.tau=-1.0: must be > 0"),
     ("--config.search.max_steps=40", r"is \d+ > the model's max_seq_len=128"),
 ])
 def test_bad_settings_fail_with_one_line(tmp_path, override, message):

@@ -60,7 +60,7 @@ def write_report(results: dict, workdir: str) -> None:
 
 
 FAMILY_NAMES = {"mc": "uniform Monte Carlo", "edu": "EDU trees", "p_edu": "P-EDU trees"}
-SEARCH_NAMES = {"bon": "Best-of-N", "beam": "beam search", "dvts": "DVTS"}
+SEARCH_NAMES = {"bon": "Best-of-N", "beam": "beam search", "dvts": "DVTS", "edu": "EDU trees"}
 
 
 def _pyplot():

@@ -44,7 +44,6 @@ from absl import logging
 
 from prm_jax import config_lib, files
 from prm_jax.data import Trajectory
-from prm_jax.data.tokenize import prompt_ids
 from prm_jax.data.tasks import get_task
 from prm_jax.evaluate.best_of_n import best_of_n_curves
 from prm_jax.evaluate.report import plot_labeling_curves, plot_test_time
@@ -67,43 +66,6 @@ def _mc_budget(samples, mc: dict, k: int, n: int) -> tuple[list[Trajectory], int
     data.append(Trajectory(problem=sample["problem"], steps=sample["steps"], labels=labels))
     tokens += sample["tokens"] + sum(sum(t[:k]) for t in lengths)
   return data, tokens
-
-
-def _trees(config, task, model_config, params, tokenizer, problems, tau, leaves, rng, mesh,
-           prm=None) -> dict:
-  """EDU (or, with `prm`, P-EDU) trees of `problems`, each leaf checked by the task."""
-  e = config.edu
-  settings = edu.EduConfig(tau=float(tau), max_leaves=int(leaves),
-                           max_new_tokens=config.sampling.max_new_tokens,
-                           max_anchors=e.max_anchors, min_gap=e.min_gap, order=e.order,
-                           temperature=e.temperature,
-                           prune_threshold=None if prm is None else config.p_edu.prune_threshold)
-  start = time.perf_counter()
-  trees = edu.build_trees(model_config, params, tokenizer,
-                          [prompt_ids(tokenizer, p) for p in problems], settings, rng=rng,
-                          excluded=_excluded(config, tokenizer), prm=prm,
-                          queries_per_batch=e.queries_per_batch, mesh=mesh,
-                          progress=stages.progress(f"EDU trees tau={tau} leaves={leaves}"))
-  records = []
-  for problem, tree in zip(problems, trees):
-    leaves_out = []
-    for leaf in tree.leaves:
-      text = tokenizer.decode([t for t in leaf.tokens if t != tokenizer.eos_id])
-      leaves_out.append({"tokens": leaf.tokens, "anchors": leaf.anchors,
-                         "entropies": leaf.entropies, "finished": leaf.finished,
-                         "record": stages.verdict_record(task, problem, text, len(leaf.tokens))})
-    records.append({"problem": problem, "leaves": leaves_out,
-                    "generated_tokens": tree.generated_tokens, "candidates": tree.candidates,
-                    "anchors": tree.anchors, "pruned": tree.pruned, "generations": tree.generations})
-  return {"trees": records, "seconds": time.perf_counter() - start}
-
-
-def _excluded(config, tokenizer) -> tuple[int, ...]:
-  """Token ids never anchors: the default set, or the characters `edu.exclude` names."""
-  if config.edu.exclude == "default":
-    return edu.excluded_token_ids(tokenizer)
-  return tuple(sorted({tokenizer.eos_id, *(i for c in config.edu.exclude
-                                            for i in tokenizer.encode(c))}))
 
 
 def _tree_data(trees: list[dict], tokenizer) -> tuple[list[Trajectory], int]:
@@ -171,8 +133,9 @@ def _test_time(config, task, model_config, policy_params, tokenizer, test_proble
         "tokens": {str(n): float(n * np.mean([s["tokens"] for s in ht_samples])) for n in ns}}
   trees_out = {}
   for tau, n in ((tau, n) for tau in t.taus for n in t.ns):
-    trees = _trees(config, task, model_config, policy_params, tokenizer, test_problems, tau, n,
-                   jax.random.key(config.seed + 4), mesh)["trees"]
+    trees = stages.edu_trees(config, task, model_config, policy_params, tokenizer,
+                             test_problems, tau, n, jax.random.key(config.seed + 4),
+                             mesh)["trees"]
     groups = [[leaf["record"] for leaf in tree["leaves"]] for tree in trees]
     leaf_scores = stages.reward_scores(config, "prm", model_config, prm_params, tokenizer,
                                        stages.as_trajectories([s for g in groups for s in g]),
@@ -222,6 +185,10 @@ def check_budgets(config) -> None:
       rollouts = config.labeling.rollouts
       if section == "mc" and not 1 <= budget[0] <= rollouts:
         fail(key, budgets, f"every k must be in [1, labeling.rollouts={rollouts}]")
+  for tau, leaves, _ in config.edu.budgets:  # The tree settings, each budget's.
+    stages.edu_settings(config, tau, leaves)
+  for tau, leaves, _ in config.p_edu.budgets:
+    stages.edu_settings(config, tau, leaves, config.p_edu.prune_threshold)
   if not 0 <= config.p_edu.pruner < len(config.edu.budgets):
     fail("p_edu.pruner", config.p_edu.pruner, "must index edu.budgets")
   pruner_n = config.edu.budgets[config.p_edu.pruner][2]
@@ -272,7 +239,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for tau, leaves in sorted({(b[0], b[1]) for b in config.edu.budgets}):
     n = max(b[2] for b in config.edu.budgets if (b[0], b[1]) == (tau, leaves))
     tree_sets[tau, leaves] = stages.stage(
-        workdir, f"labels_edu_tau{tau:g}_leaves{leaves}.json", lambda: _trees(
+        workdir, f"labels_edu_tau{tau:g}_leaves{leaves}.json", lambda: stages.edu_trees(
             config, task, model_config, policy_params, tokenizer, tasks["prm"][:n], tau, leaves,
             jax.random.key(config.seed + 3), mesh))["trees"]
   details = {}  # Tree statistics per budget (and for P-EDU: pruning).
@@ -299,10 +266,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for budget in config.p_edu.budgets:
     tau, leaves, n = budget
     stage_name = f"labels_pedu_tau{tau:g}_leaves{leaves}_n{n}.json"
-    pruned = stages.stage(workdir, stage_name, lambda: _trees(
+    pruned = stages.stage(workdir, stage_name, lambda: stages.edu_trees(
         config, task, model_config, policy_params, tokenizer, tasks["prm"][pruner[2]:n], tau,
         leaves, jax.random.key(config.seed + 3), mesh,
-        prm=(model_config, prms[pruner_name])))["trees"]
+        prm=(model_config, prms[pruner_name]),
+        prune_threshold=config.p_edu.prune_threshold))["trees"]
     data, tokens = _tree_data(pruned, tokenizer)
     name = _budget_name("pedu", budget)
     pruner_data, pruner_tokens = datasets[pruner_name][2], datasets[pruner_name][3]

@@ -28,6 +28,7 @@ from prm_jax.data.tokenize import prompt_ids
 from prm_jax.evaluate import (Candidates, best_of_n_curves, calibrate_threshold, earliest_error,
                               first_errors, pad_steps, processbench_f1)
 from prm_jax.evaluate.prm_scores import score_steps
+from prm_jax.labeling import edu
 from prm_jax.objectives.prm import auroc, make_prm_loss
 from prm_jax.objectives.sft import make_sft_loss
 
@@ -185,6 +186,53 @@ def sample(config, task, model_config, params, tokenizer, problems, num_samples:
              for problem, texts, lengths in zip(problems, solutions.texts, solutions.lengths)
              for text, tokens in zip(texts, lengths)]
   return {"samples": samples, "generated_tokens": solutions.generated_tokens}
+
+
+def edu_trees(config, task, model_config, params, tokenizer, problems, tau: float,
+              leaves: int, rng, mesh, prm=None, prune_threshold: float | None = None) -> dict:
+  """`{"trees", "seconds"}`: an EDU tree per problem (`prm_jax.labeling.edu`; settings from
+  `config.edu`: max_anchors, min_gap, order, temperature, exclude, queries_per_batch; at
+  most `leaves` leaves, anchors above `tau` nats), every leaf with the checker's verdict
+  record. With `prm` (`(model_config, params)`) and `prune_threshold`: P-EDU."""
+  e = config.edu
+  settings = edu_settings(config, tau, leaves, prune_threshold)
+  start = time.perf_counter()
+  trees = edu.build_trees(model_config, params, tokenizer,
+                          [prompt_ids(tokenizer, p) for p in problems], settings, rng=rng,
+                          excluded=edu_excluded(config, tokenizer), prm=prm,
+                          queries_per_batch=e.queries_per_batch, mesh=mesh,
+                          progress=progress(f"EDU trees tau={tau} leaves={leaves}"))
+  records = []
+  for problem, tree in zip(problems, trees):
+    leaves_out = []
+    for leaf in tree.leaves:
+      text = tokenizer.decode([t for t in leaf.tokens if t != tokenizer.eos_id])
+      leaves_out.append({"tokens": leaf.tokens, "anchors": leaf.anchors,
+                         "entropies": leaf.entropies, "finished": leaf.finished,
+                         "record": verdict_record(task, problem, text, len(leaf.tokens))})
+    records.append({"problem": problem, "leaves": leaves_out,
+                    "generated_tokens": tree.generated_tokens, "candidates": tree.candidates,
+                    "anchors": tree.anchors, "pruned": tree.pruned, "generations": tree.generations})
+  return {"trees": records, "seconds": time.perf_counter() - start}
+
+
+def edu_settings(config, tau: float, leaves: int,
+                 prune_threshold: float | None = None) -> edu.EduConfig:
+  """The trees' settings (`config.edu`, `config.sampling.max_new_tokens`); a bad value fails
+  here, naming it (pipelines call this before any work)."""
+  e = config.edu
+  return edu.EduConfig(tau=float(tau), max_leaves=int(leaves),
+                       max_new_tokens=config.sampling.max_new_tokens,
+                       max_anchors=e.max_anchors, min_gap=e.min_gap, order=e.order,
+                       temperature=e.temperature, prune_threshold=prune_threshold)
+
+
+def edu_excluded(config, tokenizer) -> tuple[int, ...]:
+  """Token ids never anchors: the default set, or the characters `edu.exclude` names."""
+  if config.edu.exclude == "default":
+    return edu.excluded_token_ids(tokenizer)
+  return tuple(sorted({tokenizer.eos_id, *(i for c in config.edu.exclude
+                                            for i in tokenizer.encode(c))}))
 
 
 def monte_carlo_labels(config, task, model_config, params, tokenizer, samples: Sequence[dict],

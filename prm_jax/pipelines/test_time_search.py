@@ -14,14 +14,15 @@ sections, same seed: the same problems, SFT policy and PRM recipe):
                         high-temperature samples per test problem (Best-of-N's candidates:
                         Best-of-N at N takes the first N)
   labels.json, prm/     Monte Carlo step labels and the step PRM trained on them
-  search.json           per method (`search.methods`) and N (`search.ns`): every test
-                        problem's answer and verdict under each rule, its generated tokens
-                        and PRM calls
+  search_<method>.json  per method (`search.methods`: Best-of-N, beam search, DVTS, EDU
+                        tree sampling) and N (`search.ns`): accuracy under each rule,
+                        generated tokens and PRM calls per problem
   results.json, results.md, search_curve.png
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -38,7 +39,7 @@ from prm_jax.evaluate.prm_scores import StepScorer
 from prm_jax.evaluate.report import SEARCH_NAMES, plot_search
 from prm_jax.pipelines import stages
 
-METHODS = ("bon", "beam", "dvts")
+METHODS = ("bon", "beam", "dvts", "edu")
 RULES = ("vote", "best")
 
 
@@ -57,15 +58,42 @@ def _summary(picks: list[dict], tokens, calls) -> dict:
           "tokens": float(np.mean(tokens)), "prm_calls": float(np.mean(calls))}
 
 
+def _last_scores(step_scores: list[np.ndarray]) -> list[float]:
+  """A solution's PRM score: its last step's (0 for one without steps)."""
+  return [float(x[-1]) if len(x) else 0.0 for x in step_scores]
+
+
 def best_of_n(task, problems, groups: list[list[dict]], scores: list[list[np.ndarray]],
               n: int) -> dict:
   """Best-of-N over the first `n` samples of each problem (each scored by its last step's
   PRM score; one PRM call per candidate)."""
-  picks = [_picks(task, problem, [s["text"] for s in group[:n]],
-                  [float(x[-1]) if len(x) else 0.0 for x in score[:n]])
+  picks = [_picks(task, problem, [s["text"] for s in group[:n]], _last_scores(score[:n]))
            for problem, group, score in zip(problems, groups, scores)]
   tokens = [sum(s["tokens"] for s in group[:n]) for group in groups]
   return _summary(picks, tokens, [n] * len(problems))
+
+
+def edu_sampling(config, task, model_config, policy_params, tokenizer, scorer, problems,
+                 n: int, mesh) -> dict:
+  """EDU tree sampling (`prm_jax.labeling.edu`, EDU-PRM's test-time sampler): per problem a
+  tree of at most `n` leaves from the policy's path (`edu.temperature`), branching to the
+  top-2 token where the entropy exceeds `edu.tau` nats; the leaves are the candidates (one
+  PRM call each) and the tree's distinct generated tokens its cost. A tree has fewer
+  leaves than `n` when its paths have fewer anchors: the cost is what was generated.
+  `scorer(steps)`: a `StepScorer` that holds solutions of that many steps."""
+  trees = stages.edu_trees(config, task, model_config, policy_params, tokenizer, problems,
+                           config.edu.tau, n, jax.random.key(config.seed + 3), mesh)["trees"]
+  groups = [[leaf["record"] for leaf in tree["leaves"]] for tree in trees]
+  flat = [record for group in groups for record in group]
+  scores = scorer(max(len(r["steps"]) for r in flat))(stages.as_trajectories(flat))
+  picks, start = [], 0
+  for problem, group in zip(problems, groups):
+    picks.append(_picks(task, problem, [r["text"] for r in group],
+                        _last_scores(scores[start:start + len(group)])))
+    start += len(group)
+  return {**_summary(picks, [tree["generated_tokens"] for tree in trees],
+                     [len(group) for group in groups]),
+          "leaves": float(np.mean([len(group) for group in groups]))}
 
 
 def run_search(config, task, model_config, policy_params, tokenizer, scorer, problems,
@@ -98,6 +126,8 @@ def check_settings(config) -> None:
   unknown = set(s.methods) - set(METHODS)
   if unknown:
     raise ValueError(f"search.methods has {sorted(unknown)}; known: {METHODS}")
+  if "edu" in s.methods:
+    stages.edu_settings(config, config.edu.tau, max(s.ns))
   bad = [n for n in s.ns if n % min(s.width, n)]
   if bad:
     raise ValueError(f"search.ns={tuple(s.ns)}: N={bad[0]} is not divisible by "
@@ -150,24 +180,35 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       stages.reward_data(prm_samples, labels[config.prm.labels]), max_steps, workdir, mesh,
       policy_params)
 
-  # 4. Every method at every N, on the same test problems and PRM.
-  def searches():
-    scorer = StepScorer(model_config, prm_params, tokenizer, max_length=scorer_length,
-                        max_steps=max_steps, batch_size=config.prm.batch_size, mesh=mesh)
-    groups = stages.grouped(samples["test"]["samples"], largest)
-    scores = stages.grouped(scorer(stages.as_trajectories(samples["test"]["samples"])), largest)
-    out = {}
-    for method in config.search.methods:
-      out[method] = {}
-      for n in config.search.ns:
-        start = time.perf_counter()
-        out[method][str(n)] = (
-            best_of_n(task, tasks["test"], groups, scores, n) if method == "bon" else
-            run_search(config, task, model_config, policy_params, tokenizer, scorer,
-                       tasks["test"], method, n, mesh))
-        out[method][str(n)]["seconds"] = time.perf_counter() - start
-    return out
-  methods = stages.stage(workdir, "search.json", searches)
+  # 4. Every method at every N, on the same test problems and PRM (a stage per method).
+  def scorer(steps: int = 0) -> StepScorer:
+    """A scorer of solutions with up to max(steps, max_steps) steps."""
+    return StepScorer(model_config, prm_params, tokenizer, max_length=scorer_length,
+                      max_steps=max(steps, max_steps), batch_size=config.prm.batch_size,
+                      mesh=mesh)
+
+  @functools.cache
+  def sample_scores() -> list[list[np.ndarray]]:
+    """Best-of-N's candidates' step scores, grouped per problem (scored once for every N)."""
+    return stages.grouped(scorer()(stages.as_trajectories(samples["test"]["samples"])),
+                          largest)
+
+  def method_at(method: str, n: int) -> dict:
+    if method == "bon":
+      return best_of_n(task, tasks["test"], stages.grouped(samples["test"]["samples"], largest),
+                       sample_scores(), n)
+    if method == "edu":
+      return edu_sampling(config, task, model_config, policy_params, tokenizer, scorer,
+                          tasks["test"], n, mesh)
+    return run_search(config, task, model_config, policy_params, tokenizer, scorer(),
+                      tasks["test"], method, n, mesh)
+
+  def timed(method: str, n: int) -> dict:
+    start = time.perf_counter()
+    return {**method_at(method, n), "seconds": time.perf_counter() - start}
+  methods = {method: stages.stage(workdir, f"search_{method}.json",
+                                  lambda: {str(n): timed(method, n) for n in config.search.ns})
+             for method in config.search.methods}
 
   results = stages.stage(workdir, "results.json", lambda: {
       "methods": methods, "at_equal_tokens": at_equal_tokens(methods),
