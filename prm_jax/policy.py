@@ -43,8 +43,7 @@ def sample_solutions(config: ModelConfig, params, tokenizer: Tokenizer,
   """
   if tokenizer.eos_id is None:
     raise ValueError("sampling solutions needs a tokenizer with an EOS token")
-  if not jax.dtypes.issubdtype(jax.numpy.asarray(rng).dtype, jax.dtypes.prng_key):
-    rng = jax.random.wrap_key_data(np.asarray(rng, np.uint32))
+  rng = sampling.as_key(rng)
   prompts = [prompt_ids(tokenizer, problem) for problem in problems]
   length = max((len(p) for p in prompts), default=1)
   pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id

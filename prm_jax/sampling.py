@@ -462,11 +462,18 @@ def _cache_shardings(config: ModelConfig, unrolled: bool, rows: int, slots: int,
 # ----------------------------------------------------------------------------- public API
 
 
+def as_key(rng) -> jax.Array:
+  """`rng` as a typed key array (`jax.random.key`): typed keys pass through; raw uint32 key
+  data (`jax.random.PRNGKey`, `key_data`; any leading shape) is wrapped."""
+  rng = jnp.asarray(rng)
+  if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    return rng
+  return jax.random.wrap_key_data(jnp.asarray(rng, jnp.uint32))
+
+
 def _row_keys(rng, rows: int) -> np.ndarray:
   """`[rows, 2]` uint32 key data: one key per row, from one key or from `[rows]` keys."""
-  rng = jnp.asarray(jax.random.key(0) if rng is None else rng)
-  if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
-    rng = jax.random.wrap_key_data(jnp.asarray(rng, jnp.uint32))
+  rng = as_key(jax.random.key(0) if rng is None else rng)
   if rng.shape == ():
     rng = jax.vmap(lambda r: jax.random.fold_in(rng, r))(jnp.arange(rows))
   if rng.shape != (rows,):

@@ -452,3 +452,16 @@ def test_limits_cut_rows_and_resume_is_checked(model, prompts):
   with pytest.raises(ValueError, match="different layouts"):
     sampling.resume(config, params, kept["row_cache"], sources=[0], next_tokens=[3],
                     max_new_tokens=STEPS, decode_layout=False)
+
+
+def test_as_key_takes_typed_keys_and_raw_key_data():
+  typed = jax.random.key(3)
+  np.testing.assert_array_equal(jax.random.key_data(sampling.as_key(typed)),
+                                jax.random.key_data(typed))
+  raw = jax.random.PRNGKey(3)  # uint32 [2]: the same key as jax.random.key(3).
+  np.testing.assert_array_equal(jax.random.key_data(sampling.as_key(raw)), np.asarray(raw))
+  batch = np.stack([np.asarray(jax.random.PRNGKey(s)) for s in range(4)])
+  keys = sampling.as_key(batch)
+  assert keys.shape == (4,) and jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
+  np.testing.assert_array_equal(jax.random.uniform(keys[2]), jax.random.uniform(
+      jax.random.key(2)))

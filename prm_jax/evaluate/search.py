@@ -139,12 +139,6 @@ def child_key(rng: jax.Array, problem: int, depth: int, child: int) -> np.ndarra
   return np.asarray(jax.random.key_data(key))
 
 
-def _as_key(rng) -> jax.Array:
-  if jax.dtypes.issubdtype(jax.numpy.asarray(rng).dtype, jax.dtypes.prng_key):
-    return rng
-  return jax.random.wrap_key_data(np.asarray(rng, np.uint32))
-
-
 def select(scores: Sequence[float], groups: Sequence[int], quota: dict[int, int]) -> list[int]:
   """Indices of the kept children: per group, its `quota` best scores (ties: the earlier
   index), all groups' choices in rank order (best first; ties by index)."""
@@ -181,7 +175,7 @@ def search(config: ModelConfig, params, tokenizer: Tokenizer, problems: Sequence
   if tokenizer.eos_id is None:
     raise ValueError("a step search needs a tokenizer with an EOS token (to end solutions)")
   separator, eos = separator[0], tokenizer.eos_id
-  rng = _as_key(rng)
+  rng = sampling.as_key(rng)
   pad = tokenizer.pad_id if tokenizer.pad_id is not None else eos
   prompts = [prompt_ids(tokenizer, problem) for problem in problems]
   length = max(len(p) for p in prompts)

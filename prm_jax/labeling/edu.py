@@ -282,8 +282,7 @@ def build_trees(config: models.ModelConfig, params, tokenizer: Tokenizer,
     excluded = excluded_token_ids(tokenizer)
   rule = AnchorRule(tau=float(edu.tau), min_gap=edu.min_gap, max_anchors=edu.max_anchors,
                     excluded=tuple(int(i) for i in excluded))
-  if not jax.dtypes.issubdtype(jnp.asarray(rng).dtype, jax.dtypes.prng_key):
-    rng = jax.random.wrap_key_data(np.asarray(rng, np.uint32))
+  rng = sampling.as_key(rng)
   params = sampling.prepare_params(config, params, mesh=mesh)  # Once for every call.
   prompts = [[int(t) for t in p] for p in prompts]
   if not all(prompts):

@@ -88,8 +88,7 @@ def monte_carlo_labels(config: ModelConfig, params, tokenizer: Tokenizer,
                      f"rollouts_per_step={k}")
   if tokenizer.eos_id is None:
     raise ValueError("Monte Carlo rollouts need a tokenizer with an EOS token")
-  if not jax.dtypes.issubdtype(jax.numpy.asarray(rng).dtype, jax.dtypes.prng_key):
-    rng = jax.random.wrap_key_data(np.asarray(rng, np.uint32))
+  rng = sampling.as_key(rng)
   encoded = [tokenize_stepwise(tokenizer, t, step_separator=step_separator)
              for t in trajectories]
   texts = [[step + step_separator for step in t.steps] for t in trajectories]
