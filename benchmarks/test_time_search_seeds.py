@@ -40,6 +40,10 @@ def summary(seeds: list[int], results: list[dict]) -> str:
       calls = np.mean([r["methods"][method][n]["prm_calls"] for r in results])
       lines.append(f"| {SEARCH_NAMES[method]} | {n} | " + " | ".join(f"{a:.3f}" for a in acc)
                    + f" | {acc.mean():.3f} | {np.ptp(acc):.3f} | {tokens:.0f} | {calls:.1f} |")
+  if "edu" in first:  # What the trees add to the policy's own (greedy) solution.
+    roots = [[r["methods"]["edu"][n]["root_accuracy"] for r in results] for n in first["edu"]]
+    lines += ["", "EDU trees' root path (the policy's greedy solution) alone: "
+              + ", ".join(f"{a:.3f}" for a in roots[0]) + f" (mean {np.mean(roots[0]):.3f})"]
   lines += ["", "At equal generated tokens (Best-of-N interpolated at the search's tokens):", ""]
   for method, by_n in results[0]["at_equal_tokens"].items():
     for n in sorted(by_n, key=int):

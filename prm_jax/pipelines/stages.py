@@ -24,7 +24,7 @@ from absl import logging
 from prm_jax import checkpoint, config_lib, files, labeling, parallel, policy, train
 from prm_jax.data import CharTokenizer, Trajectory, pipeline
 from prm_jax.data.tasks import generate_corpus
-from prm_jax.data.tokenize import prompt_ids
+from prm_jax.data.tokenize import prompt_ids, tokenize_sft
 from prm_jax.evaluate import (Candidates, best_of_n_curves, calibrate_threshold, earliest_error,
                               first_errors, pad_steps, processbench_f1)
 from prm_jax.evaluate.prm_scores import score_steps
@@ -155,6 +155,11 @@ def sft_policy(config, model_config, init_params, tokenizer, tasks: dict, workdi
   """The policy: SFT (`config.sft`) on the task corpus, in `workdir/policy`."""
   corpus = [Trajectory.from_dict(t) for t in tasks["sft"]]
   sft = config.sft
+  for index, trajectory in enumerate(corpus):  # Fail before compiling, not mid-run.
+    length = len(tokenize_sft(tokenizer, trajectory)["input_ids"])
+    if length > sft.max_length:
+      raise ValueError(f"sft.max_length={sft.max_length} cannot hold SFT example {index} "
+                       f"({trajectory.problem[:40]!r}...): {length} tokens")
   return train_model("policy", model_config, make_sft_loss(model_config),
                      pipeline.sft_batches(corpus, tokenizer, batch_size=sft.batch_size,
                                           max_length=sft.max_length, seed=config.seed),
@@ -212,7 +217,8 @@ def edu_trees(config, task, model_config, params, tokenizer, problems, tau: floa
                          "record": verdict_record(task, problem, text, len(leaf.tokens))})
     records.append({"problem": problem, "leaves": leaves_out,
                     "generated_tokens": tree.generated_tokens, "candidates": tree.candidates,
-                    "anchors": tree.anchors, "pruned": tree.pruned, "generations": tree.generations})
+                    "anchors": tree.anchors, "pruned": tree.pruned,
+                    "generations": tree.generations})
   return {"trees": records, "seconds": time.perf_counter() - start}
 
 

@@ -93,7 +93,10 @@ def edu_sampling(config, task, model_config, policy_params, tokenizer, scorer, p
     start += len(group)
   return {**_summary(picks, [tree["generated_tokens"] for tree in trees],
                      [len(group) for group in groups]),
-          "leaves": float(np.mean([len(group) for group in groups]))}
+          "leaves": float(np.mean([len(group) for group in groups])),
+          # The first leaf is the root path: the policy's own solution at edu.temperature
+          # (greedy by default), what the tree adds its branches to.
+          "root_accuracy": float(np.mean([group[0]["solved"] for group in groups]))}
 
 
 def run_search(config, task, model_config, policy_params, tokenizer, scorer, problems,
