@@ -41,9 +41,10 @@ def summary(seeds: list[int], results: list[dict]) -> str:
       lines.append(f"| {SEARCH_NAMES[method]} | {n} | " + " | ".join(f"{a:.3f}" for a in acc)
                    + f" | {acc.mean():.3f} | {np.ptp(acc):.3f} | {tokens:.0f} | {calls:.1f} |")
   if "edu" in first:  # What the trees add to the policy's own (greedy) solution.
-    roots = [[r["methods"]["edu"][n]["root_accuracy"] for r in results] for n in first["edu"]]
+    n = next(iter(first["edu"]))  # The root path does not depend on N.
+    roots = [r["methods"]["edu"][n]["root_accuracy"] for r in results]
     lines += ["", "EDU trees' root path (the policy's greedy solution) alone: "
-              + ", ".join(f"{a:.3f}" for a in roots[0]) + f" (mean {np.mean(roots[0]):.3f})"]
+              + ", ".join(f"{a:.3f}" for a in roots) + f" (mean {np.mean(roots):.3f})"]
   lines += ["", "At equal generated tokens (Best-of-N interpolated at the search's tokens):", ""]
   for method, by_n in results[0]["at_equal_tokens"].items():
     for n in sorted(by_n, key=int):

@@ -184,6 +184,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       policy_params)
 
   # 4. Every method at every N, on the same test problems and PRM (a stage per method).
+  @functools.cache  # One scorer (params placed once) per step capacity, for every method.
   def scorer(steps: int = 0) -> StepScorer:
     """A scorer of solutions with up to max(steps, max_steps) steps."""
     return StepScorer(model_config, prm_params, tokenizer, max_length=scorer_length,
