@@ -34,9 +34,13 @@ class Solutions:
 def sample_solutions(config: ModelConfig, params, tokenizer: Tokenizer,
                      problems: Sequence[str], *, num_samples: int, max_new_tokens: int,
                      rng: jax.Array, temperature: float = 1.0, top_p: float | None = None,
-                     prompts_per_batch: int = 32, mesh=None,
+                     prompts_per_batch: int = 32, prompt_width: int | None = None, mesh=None,
                      progress: Callable[[int, int], None] | None = None) -> Solutions:
   """`num_samples` solutions of every problem; each prompt is prefilled once per batch.
+
+  Prompts are left-padded to the longest one, or to `prompt_width` tokens when given (a
+  caller sampling many small sets, like an agent turn by turn, keeps one shape: one
+  compilation; a longer prompt is an error naming it).
 
   Sample s of problem p draws from key `fold_in(fold_in(rng, p), s)`, so the solutions do
   not depend on `prompts_per_batch` (which fixes the batch shape: one compilation).
@@ -46,6 +50,12 @@ def sample_solutions(config: ModelConfig, params, tokenizer: Tokenizer,
   rng = sampling.as_key(rng)
   prompts = [prompt_ids(tokenizer, problem) for problem in problems]
   length = max((len(p) for p in prompts), default=1)
+  if prompt_width is not None:
+    if length > prompt_width:
+      longest = max(range(len(prompts)), key=lambda i: len(prompts[i]))
+      raise ValueError(f"prompt {longest} ({problems[longest][:60]!r}...) has {length} tokens, "
+                       f"more than prompt_width={prompt_width}")
+    length = prompt_width
   pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
   texts, finished, sample_lengths, generated = [], [], [], 0
   for start in range(0, len(prompts), prompts_per_batch):

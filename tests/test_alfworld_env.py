@@ -5,7 +5,6 @@ plays its games) run as shipped, and ALFWorld's own experts.
 """
 
 import functools
-import json
 import os
 
 import pytest

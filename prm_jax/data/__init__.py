@@ -11,8 +11,9 @@ from prm_jax.data.formats import FORMATS, read, write
 from prm_jax.data.jsonl import DataFormatError, ReadResult
 from prm_jax.data.schema import Trajectory
 from prm_jax.data.tokenize import IGNORE_INDEX, prompt_ids, tokenize_sft, tokenize_stepwise
-from prm_jax.data.tokenizer import CharTokenizer, HFTokenizer, Tokenizer, load_tokenizer
+from prm_jax.data.tokenizer import (CharTokenizer, HFTokenizer, Tokenizer, WordTokenizer,
+                                    load_tokenizer)
 
 __all__ = ["CharTokenizer", "DataFormatError", "FORMATS", "HFTokenizer", "IGNORE_INDEX",
-           "ReadResult", "Tokenizer", "Trajectory", "collate_prm", "collate_sft",
+           "ReadResult", "Tokenizer", "WordTokenizer", "Trajectory", "collate_prm", "collate_sft",
            "load_tokenizer", "prompt_ids", "read", "tokenize_sft", "tokenize_stepwise", "write"]

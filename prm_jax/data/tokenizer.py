@@ -7,6 +7,8 @@
   so `bos_id is None` exactly when transformers' `bos_token_id` is None.
 * `CharTokenizer`: one id per character of a small alphabet, for the synthetic tasks
   (vocab < 256, fits the `tiny` model configs).
+* `WordTokenizer`: one id per word piece of a closed vocabulary built from a corpus, for
+  text domains with known words (the ALFWorld agent's miniature).
 
 `encode` never adds special tokens; callers add BOS/EOS where their format says so.
 """
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import string
 from typing import Protocol, Sequence
 
 import tokenizers
@@ -149,3 +153,81 @@ class CharTokenizer:
       else:
         chars.append(self.alphabet[token - len(self._SPECIALS)])
     return "".join(chars)
+
+
+# A word, a digit, any other character, each with the one space before it if there is one;
+# newlines and further spaces are tokens of their own.
+_WORD_PIECES = re.compile(r"\n| ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]| ")
+
+
+class WordTokenizer:
+  """One id per word piece of a closed vocabulary: `pad=0, bos=1, eos=2`, then the pieces.
+
+  A piece is a word, a digit or a punctuation mark, with the single space before it if there
+  is one (so decoding is concatenation and `decode(encode(t)) == t`), or a newline or a
+  space. The vocabulary is every piece of a corpus (`from_corpus`, which also adds every
+  ASCII letter): for a text domain whose words are known in advance (ALFWorld's grammar and
+  object names) this is a small exact tokenizer. A word outside the vocabulary (a policy can
+  write "goto" by emitting "go" and "to") is spelled with known pieces, longest first, so
+  any text over the alphabet encodes and decodes back; a character no piece holds raises,
+  naming it (like `CharTokenizer`).
+  """
+
+  pad_id, bos_id, eos_id = 0, 1, 2
+  _SPECIALS = {0: "<pad>", 1: "<bos>", 2: "<eos>"}
+
+  def __init__(self, pieces: Sequence[str]):
+    if len(set(pieces)) != len(pieces):
+      raise ValueError("the vocabulary repeats a piece")
+    self.pieces = tuple(pieces)
+    self._ids = {piece: index + len(self._SPECIALS) for index, piece in enumerate(self.pieces)}
+    self.vocab_size = len(self._SPECIALS) + len(self.pieces)
+
+  @classmethod
+  def from_corpus(cls, texts: Sequence[str]) -> "WordTokenizer":
+    """The pieces of `texts`, each word also with and without its leading space and
+    capitalised or not (a word seen once at a sentence start can appear mid-sentence)."""
+    pieces = {p for c in string.ascii_letters for p in (c, " " + c)}
+    for text in texts:
+      for piece in _WORD_PIECES.findall(text):
+        word = piece.lstrip(" ")
+        variants = {word, word.lower(), word.capitalize()} if word.isalpha() else {word}
+        pieces.update(v for variant in variants for v in (variant, " " + variant))
+    return cls(sorted(pieces))
+
+  def encode(self, text: str) -> list[int]:
+    ids = []
+    for match in _WORD_PIECES.finditer(text):
+      piece = match.group()
+      if piece in self._ids:
+        ids.append(self._ids[piece])
+      else:
+        ids += self._spell(piece, match.start(), text)
+    return ids
+
+  def _spell(self, piece: str, at: int, text: str) -> list[int]:
+    """An out-of-vocabulary piece as the longest known pieces, left to right."""
+    ids, start = [], 0
+    while start < len(piece):
+      for end in range(len(piece), start, -1):
+        if piece[start:end] in self._ids:
+          ids.append(self._ids[piece[start:end]])
+          start = end
+          break
+      else:
+        raise ValueError(f"character {piece[start]!r} (at {at + start} of {text[:80]!r}) is not "
+                         "in the tokenizer's vocabulary")
+    return ids
+
+  def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+    out = []
+    for token in ids:
+      token = int(token)
+      if not 0 <= token < self.vocab_size:
+        raise ValueError(f"token id {token} is outside the vocabulary [0, {self.vocab_size})")
+      if token in self._SPECIALS:
+        if not skip_special_tokens:
+          out.append(self._SPECIALS[token])
+      else:
+        out.append(self.pieces[token - len(self._SPECIALS)])
+    return "".join(out)

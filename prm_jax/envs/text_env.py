@@ -111,20 +111,23 @@ class EnvBatch:
     return results
 
   def reset(self, games: Sequence[str]) -> list[Observation]:
-    """Start `games[i]` in slot `i` (len(games) == size)."""
-    if len(games) != self.size:
+    """Start `games[i]` in slot `i` (1 <= len(games) <= size; later slots stay idle until the
+    next reset)."""
+    if not 1 <= len(games) <= self.size:
       raise ValueError(f"EnvBatch.reset: {len(games)} games for a batch of {self.size}")
     results = self._run("reset", list(enumerate(games)))
     self._games = list(games)
-    self._observations = [results[i] for i in range(self.size)]
+    self._observations = [results[i] for i in range(len(games))]
     return list(self._observations)
 
   def step(self, commands: Sequence[str | None]) -> list[Observation]:
-    """Issue `commands[i]` in slot `i`; done slots (and `None` commands) keep their observation."""
-    if len(commands) != self.size:
-      raise ValueError(f"EnvBatch.step: {len(commands)} commands for a batch of {self.size}")
-    if any(observation is None for observation in self._observations):
+    """Issue `commands[i]` in slot `i` (one per game of the last reset); done slots (and
+    `None` commands) keep their observation."""
+    if not self._games or self._games[0] is None:
       raise RuntimeError("EnvBatch.step before reset")
+    if len(commands) != len(self._observations):
+      raise ValueError(f"EnvBatch.step: {len(commands)} commands for {len(self._observations)} "
+                       "games")
     items = [(i, command) for i, command in enumerate(commands)
              if command is not None and not self._observations[i].done]
     results = self._run("step", items)

@@ -10,6 +10,7 @@ import importlib
 from typing import Callable
 
 PIPELINES: dict[str, str] = {
+    "agent_prm": "prm_jax.pipelines.agent_prm",
     "edu_prm": "prm_jax.pipelines.edu_prm",
     "edu_profile": "prm_jax.pipelines.edu_profile",
     "policy_rl": "prm_jax.pipelines.policy_rl",
