@@ -37,8 +37,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.iterations = 1 if smoke else 3
   # `envs.alfworld_gen.GenConfig` fields (but seed): games per split and scene layouts.
   config.games = ml_collections.ConfigDict(dict(
-      train=12 if smoke else 120, valid_seen=6 if smoke else 24,
-      valid_unseen=6 if smoke else 24, scenes_per_room=6, unseen_scenes_per_room=2,
+      train=12 if smoke else 192, valid_seen=6 if smoke else 18,
+      valid_unseen=6 if smoke else 18, scenes_per_room=6, unseen_scenes_per_room=2,
       max_distractors=4, task_types=("pick_and_place_simple", "look_at_obj_in_light",
                                      "pick_clean_then_place_in_recep",
                                      "pick_heat_then_place_in_recep",
@@ -56,19 +56,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       model=config_lib.model_section(
           "tiny", vocab_size=vocab, hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=4,
           head_dim=32, mlp_dim=384, max_seq_len=288, remat="full")))
+  # The longest demonstration turn (prompt, action line, EOS) is 236 tokens at seed 0.
   config.sft = ml_collections.ConfigDict(dict(
-      batch_size=32, max_length=288,
+      batch_size=32, max_length=256,
       train=config_lib.train_section(
-          total_steps=20 if smoke else 400, learning_rate=3e-3, warmup_steps=5 if smoke else 40,
+          total_steps=20 if smoke else 800, learning_rate=3e-3, warmup_steps=5 if smoke else 40,
           weight_decay=0.01, log_every=10 if smoke else 50,
-          checkpoint_every=20 if smoke else 200)))
-  config.rollouts = ml_collections.ConfigDict(dict(per_game=1 if smoke else 2, temperature=1.0))
+          checkpoint_every=20 if smoke else 400)))
+  config.rollouts = ml_collections.ConfigDict(dict(per_game=1, temperature=1.0))
   config.prm = ml_collections.ConfigDict(dict(
       gamma=0.95, batch_size=32, max_length=288,
       train=config_lib.train_section(
-          total_steps=10 if smoke else 150, learning_rate=1e-3, warmup_steps=2 if smoke else 15,
+          total_steps=10 if smoke else 100, learning_rate=1e-3, warmup_steps=2 if smoke else 10,
           weight_decay=0.01, log_every=5 if smoke else 50,
-          checkpoint_every=10 if smoke else 150)))
+          checkpoint_every=10 if smoke else 100)))
   # The policy step: online DPO on states of the rollouts, K samples each ranked by Q_i.
   rollout = config_lib.dataclass_section(
       online.RolloutConfig, prompts_per_step=4 if smoke else 16, group_size=4,

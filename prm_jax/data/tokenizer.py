@@ -166,7 +166,7 @@ class WordTokenizer:
   A piece is a word, a digit or a punctuation mark, with the single space before it if there
   is one (so decoding is concatenation and `decode(encode(t)) == t`), or a newline or a
   space. The vocabulary is every piece of a corpus (`from_corpus`, which also adds every
-  ASCII letter): for a text domain whose words are known in advance (ALFWorld's grammar and
+  ASCII letter, the space and the newline): for a text domain whose words are known in advance (ALFWorld's grammar and
   object names) this is a small exact tokenizer. A word outside the vocabulary (a policy can
   write "goto" by emitting "go" and "to") is spelled with known pieces, longest first, so
   any text over the alphabet encodes and decodes back; a character no piece holds raises,
@@ -187,7 +187,7 @@ class WordTokenizer:
   def from_corpus(cls, texts: Sequence[str]) -> "WordTokenizer":
     """The pieces of `texts`, each word also with and without its leading space and
     capitalised or not (a word seen once at a sentence start can appear mid-sentence)."""
-    pieces = {p for c in string.ascii_letters for p in (c, " " + c)}
+    pieces = {" ", "\n", *(p for c in string.ascii_letters for p in (c, " " + c))}
     for text in texts:
       for piece in _WORD_PIECES.findall(text):
         word = piece.lstrip(" ")

@@ -4,14 +4,16 @@ commands.
 State prompt (what the policy and the turn-level PRM read; AgentPRM's state `s`):
 
     Task: put a hot apple in countertop.
+    Visited: countertop 1, fridge 1
     > go to fridge 1
     You arrive at fridge 1. The fridge 1 is closed.
     > open fridge 1
     You open the fridge 1. The fridge 1 is open. In it, you see a egg 1.
     Actions: close fridge 1 | examine fridge 1 | go to cabinet 1 | ... | take egg 1 from fridge 1
 
-the task sentence, the last `history` turns (command, then the engine's answer), and the
-admissible commands. The room's opening description is left out: the `go to` commands list
+the task sentence, the receptacles gone to so far (in order: the agent's memory of where it
+has looked, which a short window of turns would lose), the last `history` turns (command,
+then the engine's answer), and the admissible commands. The room's opening description is left out: the `go to` commands list
 the same receptacles. The action `a` is one line, `think: <reason> act: <command>`.
 
 Parsing (`parse_action`): the command is the text after the last `act:` (the whole text if
@@ -84,10 +86,14 @@ def _one_line(text: str) -> str:
 
 def state_prompt(goal: str, history: Sequence[tuple[str, str]], admissible: Sequence[str],
                  max_history: int) -> str:
-  """The prompt of a state: `history` = [(command, engine answer)] since the reset (the last
-  `max_history` are kept), `admissible` the commands accepted now. Ends with a newline: the
+  """The prompt of a state: `history` = [(command, engine answer)] since the reset (every
+  `go to` makes the Visited line; the last `max_history` turns are shown), `admissible` the
+  commands accepted now. Ends with a newline: the
   action is the next line."""
   lines = [f"Task: {goal}."]
+  visited = list(dict.fromkeys(c[len("go to "):] for c, _ in history if c.startswith("go to ")))
+  if visited:
+    lines.append("Visited: " + ", ".join(visited))
   for command, answer in history[-max_history:] if max_history else []:
     lines += [f"> {command}", _one_line(answer)]
   lines.append("Actions: " + " | ".join(admissible))
@@ -139,7 +145,7 @@ def domain_tokenizer() -> WordTokenizer:
   """A word tokenizer for everything the ALFWorld agent reads and writes: the wheel's grammar
   (every sentence the engine can say), ALFWorld's object and receptacle names, the goal
   templates, the prompt's words, and digits (instance numbers are spelled digit by digit)."""
-  corpus = [engine.grammar_text(), "Task: Actions: > | " + f"{THINK} {ACT} look around",
+  corpus = [engine.grammar_text(), "Task: Visited: Actions: > | " + f"{THINK} {ACT} look around",
             "Nothing happens.",  # TextWorld's answer to an inadmissible command
             " ".join(sorted(_names(alfred.OBJECTS) | _names(alfred.RECEPTACLES) |
                             _names(alfred.MOVABLE_RECEPTACLES) | {"sinkbasin", "bathtubbasin"})),

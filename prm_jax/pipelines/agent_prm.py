@@ -186,7 +186,8 @@ def play(config, envs, games, actor, key) -> dict:
 def evaluate(config, envs, splits, model_config, params, tokenizer, mesh, q=None,
              seed_offset: int = 0) -> dict:
   """Greedy, and (with `q`) Best-of-N(pi, Q) per turn for N in `eval.ns` at
-  `eval.temperature`, on valid_seen and valid_unseen: summaries, episodes, seconds."""
+  `eval.temperature`, on valid_seen and valid_unseen: summaries, seconds, turns per second
+  and the episode records (`records`)."""
   greedy = rollout.policy_actor(sampler(config, model_config, params, tokenizer, mesh, 0.0))
   actors = {"greedy": greedy}
   if q is not None:
@@ -197,8 +198,11 @@ def evaluate(config, envs, splits, model_config, params, tokenizer, mesh, q=None
     for split in ("valid_seen", "valid_unseen"):
       key = jax.random.key(config.seed * 1000 + 7 + seed_offset)
       played = play(config, envs, splits[split], actor, key)
+      turns = sum(len(e["turns"]) for e in played["episodes"])
       out[f"{name}/{split}"] = {**rollout.summarise(played["episodes"]),
-                                "seconds": played["seconds"], "episodes": played["episodes"]}
+                                "seconds": played["seconds"],
+                                "turns_per_second": turns / played["seconds"],
+                                "records": played["episodes"]}
       logging.info("eval %s/%s: success %.3f", name, split, out[f"{name}/{split}"]["success"])
   return out
 
@@ -336,8 +340,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # 1. Games and demonstrations.
   gen_config = alfworld_gen.GenConfig(seed=config.seed, **config.games.to_dict())
-  splits = timed("games", lambda: stages.stage(workdir, "games.json", lambda: alfworld_gen.generate(
-      os.path.join(workdir, "games"), gen_config)))
+  # Stored relative to the workdir, so a workdir can be moved or copied (the seeds sweep
+  # starts InversePRM from a copy of AgentPRM's stages).
+  relative = timed("games", lambda: stages.stage(workdir, "games.json", lambda: {
+      split: [os.path.relpath(f, workdir) for f in folders] for split, folders in
+      alfworld_gen.generate(os.path.join(workdir, "games"), gen_config).items()}))
+  splits = {split: [os.path.join(workdir, f) for f in folders]
+            for split, folders in relative.items()}
   demos = timed("demos", lambda: stages.stage(workdir, "demos.json",
                                               lambda: demonstrations(config, splits["train"])))
 
@@ -377,7 +386,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       result = evaluate(config, envs, splits, model_config, params, tokenizer, mesh, q=q,
                         seed_offset=i)
       largest = f"bon_{max(config.eval.ns)}"
-      hacking = {split: hacking_check(result[f"{largest}/{split}"]["episodes"], q)
+      hacking = {split: hacking_check(result[f"{largest}/{split}"]["records"], q)
                  for split in ("valid_seen", "valid_unseen")}
       return {**_strip(result), "hacking": hacking,
               "rollout_success": rollout.summarise(episodes)["success"]}
@@ -394,8 +403,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _strip(evaluation: dict) -> dict:
-  """An evaluation without its episodes (they stay in memory only: large)."""
-  return {k: ({kk: vv for kk, vv in v.items() if kk != "episodes"} if isinstance(v, dict) else v)
+  """An evaluation without its episode records (they stay in memory only: large)."""
+  return {k: ({kk: vv for kk, vv in v.items() if kk != "records"} if isinstance(v, dict) else v)
           for k, v in evaluation.items()}
 
 
@@ -421,6 +430,10 @@ def markdown(results: dict) -> str:
           f"{fmt(seen['by_type'][t])}/{fmt(unseen['by_type'][t])}" for t in types) +
           f" | {fmt(seen['success'])} | {fmt(unseen['success'])} | {fmt(seen['invalid_rate'])} |"
           f" {seen['mean_turns']:.1f} |")
+  last = results["evals"][max(results["evals"], key=int)]
+  lines += ["", "Batched agent throughput (turns/s, valid_seen, last evaluation): " + ", ".join(
+      f"{k.split('/')[0]} {v['turns_per_second']:.1f}" for k, v in last.items()
+      if k.endswith("/valid_seen") and "turns_per_second" in v)]
   lines += ["", "Wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in
                                                results["timings"].items())]
   return "\n".join(lines) + "\n"
