@@ -1,7 +1,6 @@
 """Sharding: 1 device == 8 devices (data=2, fsdp=2, tensor=2); the rule table is obeyed."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
