@@ -92,9 +92,12 @@ def claims(agent: list[dict], inverse: list[dict]) -> list[str]:
                    f"{one.mean():.3f}, greedy {greedy.mean():.3f}: {verdict}.")
   for split in ("valid_seen", "valid_unseen"):
     target = success(agent, last, "greedy", split)
+    improved = target.mean() > success(agent, 0, "greedy", split).mean()
     for i in range(1, max(int(k) for k in inverse[0]["evals"]) + 1):
       ours = success(inverse, i, "greedy", split)
-      verdict = ("approaches" if ours.mean() >= target.mean() - np.ptp(target)
+      # Approaching a baseline that did not improve on the SFT policy says nothing.
+      verdict = ("cannot be judged: AgentPRM did not improve on the SFT policy" if not improved
+                 else "approaches" if ours.mean() >= target.mean() - np.ptp(target)
                  else "does NOT approach")
       lines.append(f"3. {split}: InversePRM iter {i} greedy {ours.mean():.3f} vs AgentPRM iter "
                    f"{last} {target.mean():.3f} (spread {np.ptp(target):.3f}): {verdict}.")
