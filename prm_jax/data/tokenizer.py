@@ -117,22 +117,44 @@ def _default_template(value) -> str:
 DEFAULT_ALPHABET = "\n" + "".join(chr(c) for c in range(32, 127))
 
 
-class CharTokenizer:
+class _ClosedVocabulary:
+  """Ids `pad=0, bos=1, eos=2`, then one id per unit (character or word piece) in order;
+  `decode` concatenates units and drops the special ids unless asked to keep them."""
+
+  pad_id, bos_id, eos_id = 0, 1, 2
+  _SPECIALS = {0: "<pad>", 1: "<bos>", 2: "<eos>"}
+
+  def __init__(self, units: Sequence[str], repeats_message: str):
+    if len(set(units)) != len(units):
+      raise ValueError(repeats_message)
+    self._units = units
+    self._ids = {unit: index + len(self._SPECIALS) for index, unit in enumerate(units)}
+    self.vocab_size = len(self._SPECIALS) + len(units)
+
+  def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+    out = []
+    for token in ids:
+      token = int(token)
+      if not 0 <= token < self.vocab_size:
+        raise ValueError(f"token id {token} is outside the vocabulary [0, {self.vocab_size})")
+      if token in self._SPECIALS:
+        if not skip_special_tokens:
+          out.append(self._SPECIALS[token])
+      else:
+        out.append(self._units[token - len(self._SPECIALS)])
+    return "".join(out)
+
+
+class CharTokenizer(_ClosedVocabulary):
   """One id per character: `pad=0, bos=1, eos=2`, then the alphabet in order.
 
   `encode` rejects characters outside the alphabet (silently mapping them to an unknown id
   would hide data bugs); `decode` drops the special ids unless asked to keep them.
   """
 
-  pad_id, bos_id, eos_id = 0, 1, 2
-  _SPECIALS = {0: "<pad>", 1: "<bos>", 2: "<eos>"}
-
   def __init__(self, alphabet: str = DEFAULT_ALPHABET):
-    if len(set(alphabet)) != len(alphabet):
-      raise ValueError("the alphabet repeats a character")
+    super().__init__(alphabet, "the alphabet repeats a character")
     self.alphabet = alphabet
-    self._ids = {char: index + len(self._SPECIALS) for index, char in enumerate(alphabet)}
-    self.vocab_size = len(self._SPECIALS) + len(alphabet)
 
   def encode(self, text: str) -> list[int]:
     try:
@@ -141,26 +163,13 @@ class CharTokenizer:
       raise ValueError(f"character {err.args[0]!r} (at {text.index(err.args[0])} of "
                        f"{text!r}) is not in the tokenizer's alphabet") from None
 
-  def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
-    chars = []
-    for token in ids:
-      token = int(token)
-      if not 0 <= token < self.vocab_size:
-        raise ValueError(f"token id {token} is outside the vocabulary [0, {self.vocab_size})")
-      if token in self._SPECIALS:
-        if not skip_special_tokens:
-          chars.append(self._SPECIALS[token])
-      else:
-        chars.append(self.alphabet[token - len(self._SPECIALS)])
-    return "".join(chars)
-
 
 # A word, a digit, any other character, each with the one space before it if there is one;
 # newlines and further spaces are tokens of their own.
 _WORD_PIECES = re.compile(r"\n| ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]| ")
 
 
-class WordTokenizer:
+class WordTokenizer(_ClosedVocabulary):
   """One id per word piece of a closed vocabulary: `pad=0, bos=1, eos=2`, then the pieces.
 
   A piece is a word, a digit or a punctuation mark, with the single space before it if there
@@ -173,15 +182,9 @@ class WordTokenizer:
   naming it (like `CharTokenizer`).
   """
 
-  pad_id, bos_id, eos_id = 0, 1, 2
-  _SPECIALS = {0: "<pad>", 1: "<bos>", 2: "<eos>"}
-
   def __init__(self, pieces: Sequence[str]):
-    if len(set(pieces)) != len(pieces):
-      raise ValueError("the vocabulary repeats a piece")
-    self.pieces = tuple(pieces)
-    self._ids = {piece: index + len(self._SPECIALS) for index, piece in enumerate(self.pieces)}
-    self.vocab_size = len(self._SPECIALS) + len(self.pieces)
+    super().__init__(tuple(pieces), "the vocabulary repeats a piece")
+    self.pieces = self._units
 
   @classmethod
   def from_corpus(cls, texts: Sequence[str]) -> "WordTokenizer":
@@ -218,16 +221,3 @@ class WordTokenizer:
         raise ValueError(f"character {piece[start]!r} (at {at + start} of {text[:80]!r}) is not "
                          "in the tokenizer's vocabulary")
     return ids
-
-  def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
-    out = []
-    for token in ids:
-      token = int(token)
-      if not 0 <= token < self.vocab_size:
-        raise ValueError(f"token id {token} is outside the vocabulary [0, {self.vocab_size})")
-      if token in self._SPECIALS:
-        if not skip_special_tokens:
-          out.append(self._SPECIALS[token])
-      else:
-        out.append(self.pieces[token - len(self._SPECIALS)])
-    return "".join(out)

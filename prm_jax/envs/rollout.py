@@ -66,8 +66,8 @@ def run_episodes(games: Sequence[str], actor: Actor, envs: EnvBatch, *, max_hist
       commands: list[str | None] = [None] * len(chunk)
       parsed = {}
       for i, output in zip(active, outputs):
-        parsed[i] = (first_line(output), agent.parse_action(first_line(output),
-                                                            observations[i].admissible))
+        line = first_line(output)
+        parsed[i] = (line, agent.parse_action(line, observations[i].admissible))
         commands[i] = parsed[i][1].command
       observations = envs.step(commands)
       for i, prompt in zip(active, prompts):
