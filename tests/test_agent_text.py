@@ -160,6 +160,7 @@ def test_best_of_n_picks_the_highest_q_admissible_sample():
   # p1: nothing admissible -> the first sample. p2: the fridge.
   assert chosen == ["act: go to fridge 1", "act: fly", "act: go to fridge 1"]
   assert "act: fly" not in calls[0]  # inadmissible samples are never scored
+  assert calls[0].count("act: look") == 2  # once per state: p0's and p2's (scored once)
   policy = rollout.best_of_n_actor(_stub_sampler(table), q, 1)
   assert policy(["p0", "p2"], [ADMISSIBLE] * 2, jax.random.key(0)) == ["act: fly", "act: look"]
 

@@ -12,6 +12,7 @@ and is deterministic in `key` (fold_in of the run's key by chunk and turn). Acto
   * `best_of_n_actor(sampler, q, n)`: AgentPRM's Best-of-N per turn: N samples per state, the
     one whose command is admissible with the highest Q(s, a) is taken (ties: the earliest
     sample); if no sample is admissible, the first sample (a wasted turn, as it would be).
+    Q is computed once per distinct admissible line of a state.
 
 A sampler is `sampler(prompts, n, key) -> [[n outputs] per prompt]` (`policy_sampler` wraps
 the KV-cache sampler, prompts padded to one width so the whole run compiles once); a Q
@@ -97,14 +98,16 @@ def best_of_n_actor(sampler: Sampler, q: QFunction, n: int) -> Actor:
 
   def act(prompts, admissible, key):
     samples = [[first_line(s) for s in row] for row in sampler(prompts, n, key)]
-    flat = [(p, j) for p, row in enumerate(samples) for j, s in enumerate(row)
-            if agent.parse_action(s, admissible[p]).valid]
-    scores = q([prompts[p] for p, _ in flat], [samples[p][j] for p, j in flat]) if flat else []
-    best: dict[int, tuple[float, int]] = {}
-    for (p, j), score in zip(flat, scores):
+    # A confident policy repeats itself: Q is computed once per distinct admissible line of
+    # a state (same pick: equal lines score equal, and the earliest sample wins ties).
+    distinct = list(dict.fromkeys((p, s) for p, row in enumerate(samples) for s in row
+                                  if agent.parse_action(s, admissible[p]).valid))
+    scores = q([prompts[p] for p, _ in distinct], [s for _, s in distinct]) if distinct else []
+    best: dict[int, tuple[float, str]] = {}
+    for (p, line), score in zip(distinct, scores):
       if p not in best or score > best[p][0]:
-        best[p] = (float(score), j)
-    return [samples[p][best[p][1]] if p in best else samples[p][0] for p in range(len(prompts))]
+        best[p] = (float(score), line)
+    return [best[p][1] if p in best else samples[p][0] for p in range(len(prompts))]
 
   return act
 

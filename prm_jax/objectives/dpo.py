@@ -5,11 +5,14 @@ For a preference pair (chosen y_w, rejected y_l) of one prompt, with sequence lo
 
     loss = -log sigmoid(beta * [(log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))])
 
-(Rafailov et al.; TRL's `loss_type="sigmoid"`). Online DPO (AgentPRM's policy step): per
-prompt, K responses are sampled with the *current* policy and ranked by a reward (a PRM or
-the verifier); the best and the worst make the pair (`preference_pairs`; a prompt whose K
-rewards are all equal gives none), and the reference pi_ref is the policy of the previous
-iteration (`prm_jax.pipelines.policy_rl` runs the iterations; `prm_jax.online` samples).
+(Rafailov et al.; TRL's `loss_type="sigmoid"`), plus optionally `sft_weight` times the
+chosen completions' negative log-likelihood, averaged over their tokens (RPO, Pang et al.
+2024; TRL's `loss_type=["sigmoid", "sft"]`, `loss_weights=[1, sft_weight]`), the usual
+guard against DPO lowering the chosen answers' likelihood along with the rejected ones'.
+Online DPO (AgentPRM's policy step): per prompt, K responses are sampled with the *current*
+policy and ranked by a reward (a PRM or the verifier); the best and the worst make the pair
+(`preference_pairs`; a prompt whose K rewards are all equal gives none), and the reference
+pi_ref is the policy of the previous iteration (`prm_jax.pipelines.policy_rl` runs the iterations; `prm_jax.online` samples).
 
 Batch layout (`prm_jax.objectives.completion`'s rows, paired on a second axis):
   input_ids, attention_mask [Q, 2, P + N]     pair q: [chosen, rejected]
@@ -19,6 +22,10 @@ Batch layout (`prm_jax.objectives.completion`'s rows, paired on a second axis):
                                               batch) for real pairs, 0 for filler, so the
                                               loss is the mean over real pairs, and stays
                                               so over gradient-accumulation micro-batches
+  chosen_tokens [Q] float32                   (with sft_weight) the global batch's real
+                                              chosen tokens / its pairs, every row: the
+                                              NLL's token mean stays global over
+                                              micro-batches (absent: this batch's count)
   stats {name: [Q] float32}                   rollout statistics (optional)
 """
 
@@ -36,13 +43,17 @@ from prm_jax.objectives.completion import completion_logprobs
 @dataclasses.dataclass(frozen=True)
 class DPOConfig:
   """An experiment's `config.dpo`. beta: the inverse temperature of the implicit reward
-  (larger: stay closer to the reference)."""
+  (larger: stay closer to the reference); sft_weight: the weight of the chosen
+  completions' token-mean NLL added to the loss (0: plain DPO)."""
 
   beta: float = 0.1
+  sft_weight: float = 0.0
 
   def __post_init__(self):
     if not self.beta > 0:
       raise ValueError(f"dpo.beta must be > 0, got {self.beta!r}")
+    if not self.sft_weight >= 0:
+      raise ValueError(f"dpo.sft_weight must be >= 0, got {self.sft_weight!r}")
 
 
 def dpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps,
@@ -81,8 +92,8 @@ def dpo_objective(token_logprobs: jax.Array, batch: dict, config: DPOConfig
   """(loss, metrics) of DPO from the policy's completion log-probs `[Q, 2, N]` and a batch
   in the module's layout (everything `make_dpo_loss` does after the forward pass).
 
-  metrics: `loss`, `reward_accuracy` (fraction of real pairs whose implicit reward margin
-  is > 0), `margin` (mean beta * margin), `chosen_logratio` / `rejected_logratio` (mean
+  metrics: `loss`, `sft_nll` (with sft_weight), `reward_accuracy` (fraction of real pairs
+  whose implicit reward margin is > 0), `margin` (mean beta * margin), `chosen_logratio` / `rejected_logratio` (mean
   `log pi - log pi_ref`), `pairs` (real ones), and `rollout_<name>` for every
   `batch["stats"]` entry.
   """
@@ -95,9 +106,17 @@ def dpo_objective(token_logprobs: jax.Array, batch: dict, config: DPOConfig
   logratios = logps - ref
   margin = config.beta * (logratios[:, 0] - logratios[:, 1])
   loss = jnp.mean(losses * weight)
-  metrics = {"loss": loss, "reward_accuracy": real_mean(margin > 0),
+  metrics = {}
+  if config.sft_weight:
+    chosen_mask = batch["completion_mask"][:, 0] & (weight > 0)[:, None]
+    nll = -jnp.sum(jnp.where(chosen_mask, token_logprobs[:, 0], 0.0))
+    tokens = (jnp.sum(batch["chosen_tokens"]) if "chosen_tokens" in batch
+              else jnp.sum(chosen_mask))
+    metrics["sft_nll"] = nll / jnp.maximum(tokens, 1.0)
+    loss = loss + config.sft_weight * metrics["sft_nll"]
+  metrics.update({"loss": loss, "reward_accuracy": real_mean(margin > 0),
              "margin": real_mean(margin), "chosen_logratio": real_mean(logratios[:, 0]),
-             "rejected_logratio": real_mean(logratios[:, 1]), "pairs": real.sum()}
+             "rejected_logratio": real_mean(logratios[:, 1]), "pairs": real.sum()})
   metrics.update({f"rollout_{name}": jnp.mean(value)
                   for name, value in batch.get("stats", {}).items()})
   return loss, metrics
