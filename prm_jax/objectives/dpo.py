@@ -12,7 +12,8 @@ guard against DPO lowering the chosen answers' likelihood along with the rejecte
 Online DPO (AgentPRM's policy step): per prompt, K responses are sampled with the *current*
 policy and ranked by a reward (a PRM or the verifier); the best and the worst make the pair
 (`preference_pairs`; a prompt whose K rewards are all equal gives none), and the reference
-pi_ref is the policy of the previous iteration (`prm_jax.pipelines.policy_rl` runs the iterations; `prm_jax.online` samples).
+pi_ref is the policy of the previous iteration (`prm_jax.pipelines.policy_rl` runs the
+iterations; `prm_jax.online` samples).
 
 Batch layout (`prm_jax.objectives.completion`'s rows, paired on a second axis):
   input_ids, attention_mask [Q, 2, P + N]     pair q: [chosen, rejected]
@@ -93,9 +94,9 @@ def dpo_objective(token_logprobs: jax.Array, batch: dict, config: DPOConfig
   in the module's layout (everything `make_dpo_loss` does after the forward pass).
 
   metrics: `loss`, `sft_nll` (with sft_weight), `reward_accuracy` (fraction of real pairs
-  whose implicit reward margin is > 0), `margin` (mean beta * margin), `chosen_logratio` / `rejected_logratio` (mean
-  `log pi - log pi_ref`), `pairs` (real ones), and `rollout_<name>` for every
-  `batch["stats"]` entry.
+  whose implicit reward margin is > 0), `margin` (mean beta * margin), `chosen_logratio` /
+  `rejected_logratio` (mean `log pi - log pi_ref`), `pairs` (real ones), and
+  `rollout_<name>` for every `batch["stats"]` entry.
   """
   logps = sequence_logprobs(token_logprobs, batch["completion_mask"])
   ref = batch["ref_logprobs"]
