@@ -148,17 +148,14 @@ def turn_data(episodes) -> list[Trajectory]:
 
 
 def train_policy_sft(config, model_config, init_params, tokenizer, demos, workdir, mesh):
-  from prm_jax.data import pipeline
-  from prm_jax.objectives.sft import make_sft_loss
+  """pi_0: SFT on the demonstration turns, in `workdir/policy_0`."""
   data = turn_data(demos["episodes"])
   longest = max(len(prompt_ids(tokenizer, t.problem)) for t in data)
   if longest > config.agent.prompt_width:
     raise ValueError(f"agent.prompt_width={config.agent.prompt_width} cannot hold a "
                      f"demonstration state: the longest is {longest} tokens")
-  batches = pipeline.sft_batches(data, tokenizer, batch_size=config.sft.batch_size,
-                                 max_length=config.sft.max_length, seed=config.seed)
-  return stages.train_model("policy_0", model_config, make_sft_loss(model_config), batches,
-                            config.sft, workdir, mesh, init_params)
+  return stages.train_sft("policy_0", config, model_config, init_params, tokenizer, data,
+                          workdir, mesh)
 
 
 # ----------------------------------------------------------------------------- acting
@@ -186,23 +183,27 @@ def play(config, envs, games, actor, key) -> dict:
 def evaluate(config, envs, splits, model_config, params, tokenizer, mesh, q=None,
              seed_offset: int = 0) -> dict:
   """Greedy, and (with `q`) Best-of-N(pi, Q) per turn for N in `eval.ns` at
-  `eval.temperature`, on valid_seen and valid_unseen: summaries, seconds, turns per second
-  and the episode records (`records`)."""
+  `eval.temperature`, on valid_seen and valid_unseen: per split, the summary and the
+  episode records (`records`); seconds and turns per second of each actor's play (both
+  splits are played in one batch: one model call per turn serves both)."""
   greedy = rollout.policy_actor(sampler(config, model_config, params, tokenizer, mesh, 0.0))
   actors = {"greedy": greedy}
   if q is not None:
     sample = sampler(config, model_config, params, tokenizer, mesh, config.eval.temperature)
     actors.update({f"bon_{n}": rollout.best_of_n_actor(sample, q, n) for n in config.eval.ns})
+  names = ("valid_seen", "valid_unseen")
+  games = [g for split in names for g in splits[split]]
   out = {}
   for name, actor in actors.items():
-    for split in ("valid_seen", "valid_unseen"):
-      key = jax.random.key(config.seed * 1000 + 7 + seed_offset)
-      played = play(config, envs, splits[split], actor, key)
-      turns = sum(len(e["turns"]) for e in played["episodes"])
-      out[f"{name}/{split}"] = {**rollout.summarise(played["episodes"]),
-                                "seconds": played["seconds"],
+    played = play(config, envs, games, actor, jax.random.key(config.seed * 1000 + 7 + seed_offset))
+    turns = sum(len(e["turns"]) for e in played["episodes"])
+    start = 0
+    for split in names:
+      episodes = played["episodes"][start:start + len(splits[split])]
+      start += len(splits[split])
+      out[f"{name}/{split}"] = {**rollout.summarise(episodes), "seconds": played["seconds"],
                                 "turns_per_second": turns / played["seconds"],
-                                "records": played["episodes"]}
+                                "records": episodes}
       logging.info("eval %s/%s: success %.3f", name, split, out[f"{name}/{split}"]["success"])
   return out
 
@@ -431,7 +432,8 @@ def markdown(results: dict) -> str:
           f" | {fmt(seen['success'])} | {fmt(unseen['success'])} | {fmt(seen['invalid_rate'])} |"
           f" {seen['mean_turns']:.1f} |")
   last = results["evals"][max(results["evals"], key=int)]
-  lines += ["", "Batched agent throughput (turns/s, valid_seen, last evaluation): " + ", ".join(
+  lines += ["", "Batched agent throughput (turns/s, both validation splits, last "
+            "evaluation): " + ", ".join(
       f"{k.split('/')[0]} {v['turns_per_second']:.1f}" for k, v in last.items()
       if k.endswith("/valid_seen") and "turns_per_second" in v)]
   lines += ["", "Wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in

@@ -153,14 +153,20 @@ def make_tasks(config, task) -> dict:
 
 def sft_policy(config, model_config, init_params, tokenizer, tasks: dict, workdir: str, mesh):
   """The policy: SFT (`config.sft`) on the task corpus, in `workdir/policy`."""
-  corpus = [Trajectory.from_dict(t) for t in tasks["sft"]]
+  return train_sft("policy", config, model_config, init_params, tokenizer,
+                   [Trajectory.from_dict(t) for t in tasks["sft"]], workdir, mesh)
+
+
+def train_sft(name: str, config, model_config, init_params, tokenizer,
+              corpus: Sequence[Trajectory], workdir: str, mesh):
+  """Parameters after SFT (`config.sft`) on `corpus`, in `workdir/name`."""
   sft = config.sft
   for index, trajectory in enumerate(corpus):  # Fail before compiling, not mid-run.
     length = len(tokenize_sft(tokenizer, trajectory)["input_ids"])
     if length > sft.max_length:
       raise ValueError(f"sft.max_length={sft.max_length} cannot hold SFT example {index} "
                        f"({trajectory.problem[:40]!r}...): {length} tokens")
-  return train_model("policy", model_config, make_sft_loss(model_config),
+  return train_model(name, model_config, make_sft_loss(model_config),
                      pipeline.sft_batches(corpus, tokenizer, batch_size=sft.batch_size,
                                           max_length=sft.max_length, seed=config.seed),
                      sft, workdir, mesh, init_params)
