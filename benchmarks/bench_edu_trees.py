@@ -75,7 +75,6 @@ def count_row_steps(tally: list):
 def independent_leaves(config, params, prompts, trees, eos, max_new_tokens, batch):
   """Every leaf of every tree decoded as its own row, branch tokens forced at anchors, in
   calls of `batch` leaves (whole questions)."""
-  leaves = [(q, leaf) for q, tree in enumerate(trees) for leaf in tree.leaves]
   calls, start = [], 0
   for q in range(len(trees) + 1):
     count = sum(len(t.leaves) for t in trees[start:q + 1])
