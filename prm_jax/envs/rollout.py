@@ -15,7 +15,7 @@ and is deterministic in `key` (fold_in of the run's key by chunk and turn). Acto
     Q is computed once per distinct admissible line of a state.
 
 A sampler is `sampler(prompts, n, key) -> [[n outputs] per prompt]` (`policy_sampler` wraps
-the KV-cache sampler, prompts padded to one width so a run compiles a few batch shapes); a Q
+the KV-cache sampler, prompts padded to one width so a run compiles once); a Q
 function is `q(prompts, outputs) -> [len] scores` (`prm_q` wraps a trained PRM's head).
 
 An episode is recorded as a dict: `{"game", "task_type", "won", "turns": [{"prompt",
@@ -113,19 +113,14 @@ def best_of_n_actor(sampler: Sampler, q: QFunction, n: int) -> Actor:
 
 
 def policy_sampler(model_config, params, tokenizer, *, temperature: float, max_new_tokens: int,
-                   prompt_width: int, prompts_per_batch: int, mesh=None,
-                   bucket: int = 8) -> Sampler:
-  """The policy's samples (`policy.sample_solutions`), prompts padded to `prompt_width`.
-
-  A call's batch is its prompt count rounded up to a multiple of `bucket` (at most
-  `prompts_per_batch`): as games finish, fewer prompts remain each turn, and padding them
-  back to the full batch would sample dead rows (a few compiled shapes instead of one;
-  the samples do not depend on the batch, `policy.sample_solutions`)."""
+                   prompt_width: int, prompts_per_batch: int, mesh=None) -> Sampler:
+  """The policy's samples (`policy.sample_solutions`), prompts padded to `prompt_width`, in
+  batches of `prompts_per_batch` (one compiled shape: size it to the games played at once;
+  the samples do not depend on it)."""
   def sample(prompts, n, key):
-    rows = min(prompts_per_batch, -(-len(prompts) // bucket) * bucket)
     solutions = policy.sample_solutions(
         model_config, params, tokenizer, prompts, num_samples=n, max_new_tokens=max_new_tokens,
-        rng=key, temperature=temperature, prompts_per_batch=max(rows, 1),
+        rng=key, temperature=temperature, prompts_per_batch=prompts_per_batch,
         prompt_width=prompt_width, mesh=mesh)
     return solutions.texts
   return sample

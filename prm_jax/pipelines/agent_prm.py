@@ -161,11 +161,15 @@ def train_policy_sft(config, model_config, init_params, tokenizer, demos, workdi
 # ----------------------------------------------------------------------------- acting
 
 
-def sampler(config, model_config, params, tokenizer, mesh, temperature):
+def sampler(config, model_config, params, tokenizer, mesh, temperature, games=None):
+  """The policy's sampler, its batch sized for `games` played at once (a multiple of 8 up
+  to `agent.batch_size`; default: the full batch): fewer games than the batch would
+  otherwise sample rows of padding every turn."""
   a = config.agent
+  rows = a.batch_size if games is None else min(a.batch_size, -(-games // 8) * 8)
   return rollout.policy_sampler(model_config, params, tokenizer, temperature=temperature,
                                 max_new_tokens=a.max_new_tokens, prompt_width=a.prompt_width,
-                                prompts_per_batch=a.batch_size, mesh=mesh)
+                                prompts_per_batch=rows, mesh=mesh)
 
 
 def q_function(config, model_config, params, tokenizer, mesh):
@@ -186,13 +190,15 @@ def evaluate(config, envs, splits, model_config, params, tokenizer, mesh, q=None
   `eval.temperature`, on valid_seen and valid_unseen: per split, the summary and the
   episode records (`records`); seconds and turns per second of each actor's play (both
   splits are played in one batch: one model call per turn serves both)."""
-  greedy = rollout.policy_actor(sampler(config, model_config, params, tokenizer, mesh, 0.0))
-  actors = {"greedy": greedy}
-  if q is not None:
-    sample = sampler(config, model_config, params, tokenizer, mesh, config.eval.temperature)
-    actors.update({f"bon_{n}": rollout.best_of_n_actor(sample, q, n) for n in config.eval.ns})
   names = ("valid_seen", "valid_unseen")
   games = [g for split in names for g in splits[split]]
+  greedy = rollout.policy_actor(sampler(config, model_config, params, tokenizer, mesh, 0.0,
+                                        len(games)))
+  actors = {"greedy": greedy}
+  if q is not None:
+    sample = sampler(config, model_config, params, tokenizer, mesh, config.eval.temperature,
+                     len(games))
+    actors.update({f"bon_{n}": rollout.best_of_n_actor(sample, q, n) for n in config.eval.ns})
   out = {}
   for name, actor in actors.items():
     played = play(config, envs, games, actor, jax.random.key(config.seed * 1000 + 7 + seed_offset))
