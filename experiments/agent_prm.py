@@ -60,15 +60,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           "tiny", vocab_size=vocab, hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=4,
           head_dim=32, mlp_dim=384, max_seq_len=288, remat="full")))
   # The longest demonstration turn (prompt, action line, EOS) is 236 tokens at seed 0.
+  # Batches are padded to the shortest of `bucket_lengths` that fits them (windows of 8
+  # batches sorted by length): demonstration turns run 100-236 tokens, mostly ~160.
   config.sft = ml_collections.ConfigDict(dict(
-      batch_size=32, max_length=256,
+      batch_size=32, max_length=256, bucket_lengths=(160, 192, 224), bucket_window=8,
       train=config_lib.train_section(
           total_steps=20 if smoke else 800, learning_rate=3e-3, warmup_steps=5 if smoke else 40,
           weight_decay=0.01, log_every=10 if smoke else 50,
           checkpoint_every=20 if smoke else 400)))
   config.rollouts = ml_collections.ConfigDict(dict(per_game=1, temperature=1.0))
   config.prm = ml_collections.ConfigDict(dict(
-      gamma=0.95, batch_size=32, max_length=288,
+      gamma=0.95, batch_size=32, max_length=288, bucket_lengths=(192, 224, 256),
+      bucket_window=8,
       train=config_lib.train_section(
           total_steps=10 if smoke else 100, learning_rate=1e-3, warmup_steps=2 if smoke else 10,
           weight_decay=0.01, log_every=5 if smoke else 50,

@@ -74,3 +74,27 @@ def test_sft_batches_are_resumable_and_cover_the_shard():
   seen = sorted(TOKENIZER.decode(row[1:row.tolist().index(TOKENIZER.eos_id)]).split("=")[0]
                 for b in [first["input_ids"], *rest] for row in b)
   assert seen == sorted(2 * [f"{a}+{a}" for a in range(10)])
+
+
+def test_bucketed_sft_batches_pad_to_the_shortest_fitting_bucket_and_resume():
+  from prm_jax.data.pipeline import sft_batches
+  source = [Trajectory(problem=f"{a}+{'1' * (a % 7)}=?", steps=[f"#### {a}"], answer=str(a))
+            for a in range(24)]
+  kwargs = dict(batch_size=4, max_length=32, seed=3, num_epochs=2, shard_index=0,
+                shard_count=1, bucket_lengths=(16, 24), bucket_window=3)
+  batches = list(sft_batches(source, TOKENIZER, **kwargs))
+  assert len(batches) == 12 and len({b["input_ids"].shape for b in batches}) > 1
+  for batch in batches:  # Each batch gets the shortest bucket that fits it.
+    longest = batch["attention_mask"].sum(1).max()
+    assert batch["input_ids"].shape[1] == min(n for n in (16, 24, 32) if n >= longest)
+    assert (batch["loss_mask"] <= batch["attention_mask"]).all()
+  seen = sorted(TOKENIZER.decode(row[1:row.tolist().index(TOKENIZER.eos_id)]).split("=")[0]
+                for b in batches for row in b["input_ids"])
+  assert seen == sorted(2 * [t.problem.split("=")[0] for t in source])
+  it = iter(sft_batches(source, TOKENIZER, **kwargs))
+  for _ in range(5):
+    next(it)
+  resumed = iter(sft_batches(source, TOKENIZER, **kwargs))
+  resumed.set_state(it.get_state())
+  for expected, got in zip(batches[5:], resumed):
+    np.testing.assert_array_equal(expected["input_ids"], got["input_ids"])

@@ -96,9 +96,10 @@ def _bucket_length(examples: Sequence[dict[str, Any]], lengths: Sequence[int]) -
 
 
 def _window_batches(window_index: int, examples: list[dict[str, Any]], *, batch_size: int,
-                    lengths: Sequence[int], max_steps: int, pad_id: int, truncate: bool,
-                    drop_remainder: bool, seed: int | None) -> list[dict[str, np.ndarray]]:
-  """Cut one window into length-sorted batches, in a seeded order, each padded to a bucket."""
+                    lengths: Sequence[int], collate, drop_remainder: bool,
+                    seed: int | None) -> list[dict[str, np.ndarray]]:
+  """Cut one window into length-sorted batches, in a seeded order, each padded to a bucket
+  (`collate(group, max_length)`)."""
   examples = sorted(examples, key=lambda e: len(e["input_ids"]))
   groups = [examples[i:i + batch_size] for i in range(0, len(examples), batch_size)]
   if drop_remainder and groups and len(groups[-1]) < batch_size:
@@ -106,8 +107,27 @@ def _window_batches(window_index: int, examples: list[dict[str, Any]], *, batch_
   if seed is not None:
     order = np.random.default_rng([seed, window_index]).permutation(len(groups))
     groups = [groups[i] for i in order]
-  return [collate_prm(group, pad_id=pad_id, max_length=_bucket_length(group, lengths),
-                      max_steps=max_steps, truncate=truncate) for group in groups]
+  return [collate(group, max_length=_bucket_length(group, lengths)) for group in groups]
+
+
+def _bucketed(ds: grain.MapDataset, collate, *, batch_size: int, max_length: int,
+              bucket_lengths: Sequence[int], bucket_window: int, drop_remainder: bool,
+              seed: int | None, num_threads: int) -> grain.IterDataset:
+  """Stage 4 (module docstring) on tokenized examples: batches of `batch_size`, each padded
+  to the smallest bucket that fits it."""
+  if batch_size < 1 or bucket_window < 1:
+    raise ValueError(f"batch_size={batch_size} and bucket_window={bucket_window} must be >= 1")
+  lengths = sorted(set(bucket_lengths) | {max_length})
+  if lengths[-1] != max_length:
+    raise ValueError(f"bucket_lengths {list(bucket_lengths)} exceed max_length={max_length}")
+  # The last window may be short; `_window_batches` drops only its partial batch, and
+  # the flat map's empty slots (None) are skipped by `to_iter_dataset`.
+  ds = ds.batch(bucket_window * batch_size, batch_fn=list)
+  ds = ds.map_with_index(functools.partial(
+      _window_batches, batch_size=batch_size, lengths=lengths, collate=collate,
+      drop_remainder=drop_remainder, seed=seed))
+  ds = grain.experimental.FlatMapMapDataset(ds, _Unpack(bucket_window))
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads))
 
 
 class _Unpack(grain.experimental.FlatMapTransform):
@@ -155,11 +175,6 @@ def prm_batches(source: Sequence[Any], tokenizer: Tokenizer, *, batch_size: int,
     A `grain.IterDataset` of `collate_prm` batches; its iterators have `get_state` /
     `set_state` for checkpointing.
   """
-  if batch_size < 1 or bucket_window < 1:
-    raise ValueError(f"batch_size={batch_size} and bucket_window={bucket_window} must be >= 1")
-  lengths = sorted(set(bucket_lengths) | {max_length})
-  if lengths[-1] != max_length:
-    raise ValueError(f"bucket_lengths {list(bucket_lengths)} exceed max_length={max_length}")
   pad_id = _pad_id(tokenizer, pad_id)
   ds = records(source, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
                shard_index=shard_index, shard_count=shard_count)
@@ -168,15 +183,12 @@ def prm_batches(source: Sequence[Any], tokenizer: Tokenizer, *, batch_size: int,
       options=dict(step_separator=step_separator, max_prompt_length=max_prompt_length,
                    train_on_last_step_only=train_on_last_step_only,
                    max_length=max_length if truncate else None)))
-  # The last window may be short; `_window_batches` drops only its partial batch, and
-  # the flat map's empty slots (None) are skipped by `to_iter_dataset`.
-  ds = ds.batch(bucket_window * batch_size, batch_fn=list)
-  ds = ds.map_with_index(functools.partial(
-      _window_batches, batch_size=batch_size, lengths=lengths, max_steps=max_steps,
-      pad_id=pad_id, truncate=truncate, drop_remainder=drop_remainder,
-      seed=seed if shuffle else None))
-  ds = grain.experimental.FlatMapMapDataset(ds, _Unpack(bucket_window))
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads))
+  collate = functools.partial(collate_prm, pad_id=pad_id, max_steps=max_steps,
+                              truncate=truncate)
+  ds = _bucketed(ds, collate, batch_size=batch_size, max_length=max_length,
+                 bucket_lengths=bucket_lengths, bucket_window=bucket_window,
+                 drop_remainder=drop_remainder, seed=seed if shuffle else None,
+                 num_threads=num_threads)
   if num_workers:
     # grain's workers read absl flags; outside an absl app (tests, notebooks) nothing has
     # parsed them, so take their defaults. An absl app's own parse still wins.
@@ -190,9 +202,13 @@ def sft_batches(source: Sequence[Any], tokenizer: Tokenizer, *, batch_size: int,
                 max_length: int, seed: int = 0, shuffle: bool = True,
                 num_epochs: int | None = None, shard_index: int | None = None,
                 shard_count: int | None = None, step_separator: str = "\n",
-                pad_id: int | None = None) -> grain.IterDataset:
+                bucket_lengths: Sequence[int] = (), bucket_window: int = 1,
+                pad_id: int | None = None, num_threads: int = 4) -> grain.IterDataset:
   """Policy training batches (`collate_sft` layout, `[batch_size, max_length]`) from
   trajectories: stages 1-2 as `prm_batches`, then `tokenize_sft` (prompt, steps, EOS).
+  With `bucket_lengths`, stage 4 as `prm_batches`: windows of `bucket_window` batches
+  sorted by length, each batch padded to the smallest bucket that fits it (less padding
+  for a corpus of short and long examples, one compilation per bucket).
 
   A final partial batch is dropped (static shapes); an over-long solution raises.
   Iterators have `get_state` / `set_state`.
@@ -204,6 +220,11 @@ def sft_batches(source: Sequence[Any], tokenizer: Tokenizer, *, batch_size: int,
                shard_index=shard_index, shard_count=shard_count)
   ds = ds.map(functools.partial(_tokenize_sft, tokenizer=tokenizer,
                                 step_separator=step_separator))
+  if bucket_lengths:
+    return _bucketed(ds, functools.partial(collate_sft, pad_id=pad_id), batch_size=batch_size,
+                     max_length=max_length, bucket_lengths=bucket_lengths,
+                     bucket_window=bucket_window, drop_remainder=True,
+                     seed=seed if shuffle else None, num_threads=num_threads)
   ds = ds.batch(batch_size, drop_remainder=True,
                 batch_fn=functools.partial(collate_sft, pad_id=pad_id, max_length=max_length))
   return ds.to_iter_dataset()

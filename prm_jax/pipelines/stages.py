@@ -168,8 +168,15 @@ def train_sft(name: str, config, model_config, init_params, tokenizer,
                        f"({trajectory.problem[:40]!r}...): {length} tokens")
   return train_model(name, model_config, make_sft_loss(model_config),
                      pipeline.sft_batches(corpus, tokenizer, batch_size=sft.batch_size,
-                                          max_length=sft.max_length, seed=config.seed),
+                                          max_length=sft.max_length, seed=config.seed,
+                                          **bucketing(sft)),
                      sft, workdir, mesh, init_params)
+
+
+def bucketing(section: ml_collections.ConfigDict) -> dict:
+  """A data section's optional `bucket_lengths` / `bucket_window` (`data.pipeline`: pad
+  each batch to the shortest bucket that fits it), as keyword arguments."""
+  return {key: section[key] for key in ("bucket_lengths", "bucket_window") if key in section}
 
 
 # ----------------------------------------------------------------------------- samples
@@ -294,7 +301,8 @@ def train_reward_model(name: str, config, model_config, tokenizer, data: Sequenc
   section = config[section or name]
   batches = pipeline.prm_batches(data, tokenizer, batch_size=section.batch_size,
                                  max_length=section.max_length, max_steps=max_steps,
-                                 seed=config.seed, step_separator=step_separator)
+                                 seed=config.seed, step_separator=step_separator,
+                                 **bucketing(section))
   return train_model(name, model_config, make_prm_loss(model_config), batches, section,
                      workdir, mesh, init_params)
 
