@@ -224,3 +224,25 @@ def test_inverse_transition_logits_random_against_numpy():
                                rel=1e-5)
   with pytest.raises(ValueError, match="gamma"):
     inverse_prm.make_inverse_prm_loss(None, 1.5)
+
+
+def test_inverse_pair_batches_cover_each_epoch_and_resume_exactly():
+  transitions = [{"prompt": f"Task: t {i}.\nActions: look\n", "output": "act: look",
+                  "label": float(i % 2), "terminal": i % 3 == 0,
+                  "next_prompt": None if i % 3 == 0 else "Task: n.\nActions: look\n",
+                  "next_output": "act: look"} for i in range(10)]
+  tokenizer = agent.domain_tokenizer()
+  make = lambda: iter(inverse_prm.pair_batches(tokenizer, transitions, batch_size=5,
+                                               max_length=32, seed=3))
+  it = make()
+  epoch = [next(it) for _ in range(2)]
+  labels = sorted(float(x) for b in epoch for x in b["labels"])
+  assert labels == sorted(t["label"] for t in transitions)  # One epoch: every transition.
+  assert sum(int(b["terminal"].sum()) for b in epoch) == 4
+  state = it.get_state()
+  expected = [next(it) for _ in range(3)]
+  resumed = make()
+  resumed.set_state(state)
+  for want, got in zip(expected, [next(resumed) for _ in range(3)]):
+    for key in want:
+      np.testing.assert_array_equal(want[key], got[key])

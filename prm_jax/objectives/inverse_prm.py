@@ -12,7 +12,7 @@ batch: Q learns values whose one-step differences separate expert from policy be
 inverse-RL reading of a reward), then serves exactly like AgentPRM's Q (Best-of-N per turn,
 ranking samples for online DPO).
 
-Batch layout (`pair_batch`): each row holds the transition's two sequences side by side,
+Batch layout (`pair_batch`; `pair_batches` streams them, shuffled and resumable): each row holds the transition's two sequences side by side,
   input_ids [B, 2, T] int, attention_mask [B, 2, T] bool, action_end [B, 2] int (index of the
   action's last token, its separator), labels [B] float, terminal [B] bool;
 sequence 0 is (s, a), sequence 1 is (s', a') (ignored, but present, when terminal).
@@ -20,13 +20,16 @@ sequence 0 is (s, a), sequence 1 is (s', a') (ignored, but present, when termina
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from prm_jax import models
+from prm_jax.data.pipeline import records
 from prm_jax.data.schema import Trajectory
 from prm_jax.data.tokenize import tokenize_stepwise
 from prm_jax.data.tokenizer import Tokenizer
@@ -92,3 +95,19 @@ def pair_batch(tokenizer: Tokenizer, transitions: Sequence[dict], max_length: in
   return {"input_ids": input_ids, "attention_mask": mask, "action_end": ends,
           "labels": np.array([float(t["label"]) for t in transitions], np.float32),
           "terminal": np.array([bool(t["terminal"]) for t in transitions])}
+
+
+def pair_batches(tokenizer: Tokenizer, transitions: Sequence[dict], *, batch_size: int,
+                 max_length: int, seed: int) -> grain.IterDataset:
+  """`pair_batch`es of `transitions` shuffled by `seed` (every epoch anew), repeated
+  forever, a final partial batch dropped; this process's shard (`data.pipeline.records`).
+  Iterators have `get_state` / `set_state`, so a resumed training run sees the batches an
+  uninterrupted one would."""
+  ds = records(list(transitions), seed=seed, shuffle=True, num_epochs=None, shard_index=None,
+               shard_count=None)
+  return ds.batch(batch_size, drop_remainder=True, batch_fn=functools.partial(
+      _pair_batch_of, tokenizer=tokenizer, max_length=max_length)).to_iter_dataset()
+
+
+def _pair_batch_of(transitions, *, tokenizer, max_length):
+  return pair_batch(tokenizer, transitions, max_length)

@@ -275,18 +275,11 @@ def train_q(config, model_config, tokenizer, targets, workdir, name, mesh, init_
             for r in targets["records"]]
     return stages.train_reward_model(name, config, model_config, tokenizer, data, 1, workdir,
                                      mesh, init_params, section="prm")
-  transitions = targets["transitions"]
-
-  def batches():
-    rng = np.random.default_rng(config.seed)
-    while True:
-      order = rng.permutation(len(transitions))
-      for start in range(0, len(order) - section.batch_size + 1, section.batch_size):
-        yield inverse_prm.pair_batch(tokenizer, [transitions[j] for j in
-                                                 order[start:start + section.batch_size]],
-                                     section.max_length)
+  batches = inverse_prm.pair_batches(tokenizer, targets["transitions"],
+                                     batch_size=section.batch_size,
+                                     max_length=section.max_length, seed=config.seed)
   loss = inverse_prm.make_inverse_prm_loss(model_config, section.gamma)
-  return stages.train_model(name, model_config, loss, batches(), section, workdir, mesh,
+  return stages.train_model(name, model_config, loss, batches, section, workdir, mesh,
                             init_params)
 
 
