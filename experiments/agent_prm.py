@@ -13,11 +13,13 @@ names: `envs.agent.domain_tokenizer`) as the agent. See `prm_jax/pipelines/agent
 the stages. A pretrained policy: `--config.policy.init=hf --config.policy.path=DIR` (its own
 tokenizer; raise agent.prompt_width / max_new_tokens to its token counts).
 
-Expected result (2-core AMD EPYC VM, ~45 min): `results.md`, the paper-shaped table (rows:
-SFT, each iteration greedy and with Best-of-N; columns: task types, seen/unseen). Seed 0:
-the SFT policy solves 1 of 18 games greedy on each split; at iteration 1 Best-of-16(pi, Q)
-solves 0.28 / 0.22 against 0.00 / 0.06 greedy; the greedy policy does not improve over the
-iterations (its training rollouts fall 0.23 -> 0.14 -> 0.09). README ("AgentPRM and
+Expected result (2-core AMD EPYC VM, ~45 min on 2026-12-07): `results.md`, the
+paper-shaped table (rows: SFT, each iteration greedy and with Best-of-N; columns: task
+types, seen/unseen). Seed 0 (code of 2026-12-06): the SFT policy solves 1 of 18 games
+greedy on each split; at iteration 1 Best-of-16(pi, Q) solves 0.28 / 0.22 against 0.00 /
+0.06 greedy; the greedy policy does not improve over the iterations (its training rollouts
+fall 0.23 -> 0.14 -> 0.09). pi_0's greedy figure swings between runs (0.00-0.28 for seed
+0 with padding-only differences), so read the 3-seed sweep: README ("AgentPRM and
 InversePRM") and `benchmarks/RESULTS.md` say what holds and why.
 `:smoke` checks the machinery end to end (`tests/test_agent_prm.py`), not the result.
 """
