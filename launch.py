@@ -11,7 +11,6 @@ The same command with the same workdir resumes the run from its newest checkpoin
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import json
 import logging as std_logging
 import os
@@ -87,11 +86,7 @@ def _config_spec(argv: list[str]) -> str | None:
 def _first_unknown_key(argv: list[str]) -> str | None:
   """'unknown config key ...' for the first `--config.a.b=` override not in the config."""
   # The config as its file builds it (config_flags would apply the overrides again).
-  path, *arg = _config_spec(argv).split(":", 1)
-  module_spec = importlib.util.spec_from_file_location("experiment_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(*arg)
+  config = config_lib.experiment_config(_config_spec(argv))
   for arg in argv[1:]:
     match = _OVERRIDE.match(arg)
     if not match:

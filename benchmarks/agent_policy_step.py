@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import ast
 import collections
-import importlib.util
 import os
 import random
 import shutil
@@ -55,11 +54,8 @@ def parse_variant(text: str) -> tuple[str, dict]:
 def run_config(run: str) -> ml_collections.ConfigDict:
   """The run's stored config over today's `experiments/agent_prm.py` defaults (a setting
   added since the run keeps its default)."""
-  spec = importlib.util.spec_from_file_location(
-      "agent_prm_experiment", os.path.join(ROOT, "experiments", "agent_prm.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = ml_collections.ConfigDict(module.get_config().to_dict())
+  config = ml_collections.ConfigDict(config_lib.experiment_config(
+      os.path.join(ROOT, "experiments", "agent_prm.py")).to_dict())
 
   def update(node, stored, prefix):
     for key, value in stored.items():

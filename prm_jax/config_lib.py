@@ -18,11 +18,22 @@ dataclasses).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 
 import ml_collections
 
 from prm_jax import models, parallel
 from prm_jax.train import TrainConfig
+
+
+def experiment_config(spec: str) -> ml_collections.ConfigDict:
+  """The config an experiment file builds, without command-line overrides: `spec` is
+  `path` or `path:arg` (`get_config(arg)`), as `launch.py --config` takes it."""
+  path, *arg = spec.split(":", 1)
+  module_spec = importlib.util.spec_from_file_location("experiment_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(*arg)
 
 
 def model_section(name: str, **overrides) -> ml_collections.ConfigDict:

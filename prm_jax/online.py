@@ -321,8 +321,9 @@ class OnlineSource:
       valid = batch.pop("pair_valid").astype(np.float32)
       fraction = valid.mean()
       batch["pair_weight"] = valid / fraction if fraction > 0 else valid
-      chosen = (batch["completion_mask"][:, 0] * valid[:, None]).sum()
-      batch["chosen_tokens"] = np.full(len(valid), chosen / len(valid), np.float32)
+      if self.objective.sft_weight:  # The NLL term's global token count.
+        chosen = (batch["completion_mask"][:, 0] * valid[:, None]).sum()
+        batch["chosen_tokens"] = np.full(len(valid), chosen / len(valid), np.float32)
     else:
       tokens = batch["completion_mask"].sum() / batch["completion_mask"].shape[0]
       batch["tokens_per_row"] = np.full(batch["completion_mask"].shape[0], tokens, np.float32)

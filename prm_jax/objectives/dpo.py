@@ -116,8 +116,8 @@ def dpo_objective(token_logprobs: jax.Array, batch: dict, config: DPOConfig
     metrics["sft_nll"] = nll / jnp.maximum(tokens, 1.0)
     loss = loss + config.sft_weight * metrics["sft_nll"]
   metrics.update({"loss": loss, "reward_accuracy": real_mean(margin > 0),
-             "margin": real_mean(margin), "chosen_logratio": real_mean(logratios[:, 0]),
-             "rejected_logratio": real_mean(logratios[:, 1]), "pairs": real.sum()})
+                  "margin": real_mean(margin), "chosen_logratio": real_mean(logratios[:, 0]),
+                  "rejected_logratio": real_mean(logratios[:, 1]), "pairs": real.sum()})
   metrics.update({f"rollout_{name}": jnp.mean(value)
                   for name, value in batch.get("stats", {}).items()})
   return loss, metrics
