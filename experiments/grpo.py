@@ -41,12 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del config["orm"], config["eval"]  # The quickstart's ORM and Best-of-N: not used here.
     add_rl_sections(config, smoke)
     if smoke:
-      config.data.update(sft_problems=500, prm_problems=32, test_problems=16)
-      config.sft.train.update(total_steps=60, warmup_steps=10, log_every=20,
-                              checkpoint_every=30)
-      config.labeling.update(rollouts=2)
-      config.prm.train.update(total_steps=10, warmup_steps=2, log_every=5,
-                              checkpoint_every=10)
+      quickstart.shrink_for_machinery(config)
   config.lock()
   return config
 

@@ -99,6 +99,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return config
 
 
+def shrink_for_machinery(config: ml_collections.ConfigDict, prm: bool = True) -> None:
+  """The `:smoke` of a pipeline built on these sections that checks its machinery downstream
+  of the SFT policy, not the policy's quality (`experiments/grpo.py`, `reasonflux.py`,
+  `test_time_search.py`): few problems, 60 SFT steps, and (`prm`) a 10-step step PRM from
+  2 rollouts per step. The quickstart's own `:smoke` keeps a policy good enough for its
+  Best-of-N ordering."""
+  config.data.update(sft_problems=500, prm_problems=32, test_problems=16)
+  config.sft.train.update(total_steps=60, warmup_steps=10, log_every=20, checkpoint_every=30)
+  if prm:
+    config.labeling.update(rollouts=2)
+    config.prm.train.update(total_steps=10, warmup_steps=2, log_every=5, checkpoint_every=10)
+
+
 def _gsm8k(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The quickstart on GSM8K-format files with a pretrained policy (no errors injected:
   free text has no exact error to inject; the policy's own mistakes are the errors)."""

@@ -100,8 +100,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             warmup_steps=5 if smoke else 60, weight_decay=0.01, log_every=10 if smoke else 200,
             checkpoint_every=30 if smoke else 300)))
     if smoke:
-      config.data.update(sft_problems=500, prm_problems=32, test_problems=16)
-      config.sft.train.update(total_steps=60, warmup_steps=10, log_every=20,
-                              checkpoint_every=30)
+      quickstart.shrink_for_machinery(config, prm=False)  # Its step PRM: its own section.
   config.lock()
   return config

@@ -51,7 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.pipeline = "test_time_search"
     del config["orm"], config["eval"]  # No outcome RM, no Best-of-N curve draws here.
     if smoke:
-      config.data.test_problems = 16
+      quickstart.shrink_for_machinery(config)
     config.search = ml_collections.ConfigDict(dict(
         methods=("bon", "beam", "dvts", "edu"), ns=(4,) if smoke else (4, 16, 64),
         # Children per kept prefix (M); N / M prefixes are kept (beam) or subtrees grown.

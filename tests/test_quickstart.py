@@ -3,6 +3,7 @@ artefacts, the Best-of-N ordering, and an interrupted run finishing with the sam
 
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -89,10 +90,17 @@ def test_best_of_8_ordering_oracle_prm_random(smoke_run):
 
 
 def test_interrupted_run_finishes_with_the_same_results(smoke_run, tmp_path):
-  # Killed mid-SFT (just after a checkpoint), then mid-PRM training, then run to the end.
-  _kill_once_exists(tmp_path, os.path.join("policy", "checkpoints", "100"))
-  assert not os.path.exists(tmp_path / "samples.json")
+  # A run stopped mid-SFT: its first stage and the SFT checkpoint of step 300 (of 400), as
+  # the smoke run wrote them (copied rather than re-trained: the suite's time; killing a
+  # training stage is the next step). It resumes SFT, is SIGKILLed mid-PRM training (just
+  # after a checkpoint), then runs to the end.
+  workdir = smoke_run[0]
+  shutil.copy(workdir / "tasks.json", tmp_path)
+  shutil.copytree(workdir / "policy" / "checkpoints" / "300",
+                  tmp_path / "policy" / "checkpoints" / "300")
   _kill_once_exists(tmp_path, os.path.join("prm", "checkpoints", "40"))
+  with open(tmp_path / "policy" / "metrics.jsonl", encoding="utf-8") as f:
+    assert [json.loads(line)["step"] for line in f] == [350, 400]  # Resumed at 300.
   assert not os.path.exists(tmp_path / "results.json")
   done = _run(tmp_path)
   assert done.returncode == 0, done.stderr[-3000:]
