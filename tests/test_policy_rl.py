@@ -18,22 +18,17 @@ MONITOR = ("rollout_prm_reward", "rollout_outcome", "rollout_step_accuracy", "ro
            "rollout_length", "rollout_entropy")
 
 
-def _launch(*args, workdir, cache=None):
-  env = launch_env()
-  if cache:  # The second run reuses the first one's compiled programs (sampler, PRM, ...).
-    env.update(JAX_COMPILATION_CACHE_DIR=str(cache),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+def _launch(*args, workdir):
   return subprocess.run(launch_command(*args, workdir=workdir), capture_output=True, text=True,
-                        env=env, cwd=ROOT, timeout=600)
+                        env=launch_env(), cwd=ROOT, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("policy_rl")
-  cache = tmp_path_factory.mktemp("xla_cache")
-  grpo = _launch(*GRPO, workdir=workdir, cache=cache)
+  grpo = _launch(*GRPO, workdir=workdir)
   assert grpo.returncode == 0, grpo.stderr[-3000:]
-  dpo = _launch(*DPO, workdir=workdir, cache=cache)
+  dpo = _launch(*DPO, workdir=workdir)  # Reuses GRPO's compiled programs (launch_env).
   assert dpo.returncode == 0, dpo.stderr[-3000:]
   return workdir, grpo.stderr, dpo.stderr
 
