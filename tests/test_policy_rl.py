@@ -5,12 +5,11 @@ hacking monitor in the metrics and the report, and bad settings failing in one l
 import json
 import os
 import struct
-import subprocess
 
 import pytest
 
 from prm_jax import metric_writer
-from tests.launch_helper import ROOT, launch_command, launch_env
+from tests.launch_helper import launch
 
 GRPO = ("--config", os.path.join("experiments", "grpo.py:smoke"))
 DPO = ("--config", os.path.join("experiments", "online_dpo.py:smoke"))
@@ -18,17 +17,12 @@ MONITOR = ("rollout_prm_reward", "rollout_outcome", "rollout_step_accuracy", "ro
            "rollout_length", "rollout_entropy")
 
 
-def _launch(*args, workdir):
-  return subprocess.run(launch_command(*args, workdir=workdir), capture_output=True, text=True,
-                        env=launch_env(), cwd=ROOT, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("policy_rl")
-  grpo = _launch(*GRPO, workdir=workdir)
+  grpo = launch(*GRPO, workdir=workdir)
   assert grpo.returncode == 0, grpo.stderr[-3000:]
-  dpo = _launch(*DPO, workdir=workdir)  # Reuses GRPO's compiled programs (launch_env).
+  dpo = launch(*DPO, workdir=workdir)  # Reuses GRPO's compiled programs (launch_helper).
   assert dpo.returncode == 0, dpo.stderr[-3000:]
   return workdir, grpo.stderr, dpo.stderr
 
@@ -73,7 +67,7 @@ def test_grpo_and_online_dpo_runs_write_every_artefact(smoke):
     ("--config.rl.name=prm", "rl.name='prm' is not a usable run directory"),
 ])
 def test_bad_settings_fail_before_any_work_naming_the_field(override, message, tmp_path):
-  done = _launch(*GRPO, override, workdir=tmp_path)
+  done = launch(*GRPO, override, workdir=tmp_path)
   assert done.returncode == 1
   assert done.stderr.splitlines()[-1].startswith(f"launch.py: error: {message}"), done.stderr
   assert not os.path.exists(tmp_path / "tasks.json")

@@ -5,7 +5,6 @@ and bad settings failing before any work."""
 
 import json
 import os
-import subprocess
 
 import numpy as np
 import pytest
@@ -13,14 +12,9 @@ import pytest
 from prm_jax.data import Trajectory
 from prm_jax.objectives.reasonflux import pair_score
 from prm_jax.pipelines import reasonflux
-from tests.launch_helper import ROOT, launch_command, launch_env
+from tests.launch_helper import launch
 
 CONFIG = ("--config", os.path.join("experiments", "reasonflux.py:smoke"))
-
-
-def _launch(*args, workdir):
-  return subprocess.run(launch_command(*args, workdir=workdir), capture_output=True, text=True,
-                        env=launch_env(), cwd=ROOT, timeout=600)
 
 
 def _read(workdir, name):
@@ -31,7 +25,7 @@ def _read(workdir, name):
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("reasonflux")
-  run = _launch(*CONFIG, workdir=workdir)
+  run = launch(*CONFIG, workdir=workdir)
   assert run.returncode == 0, run.stderr[-3000:]
   return workdir
 
@@ -126,7 +120,7 @@ def test_selections_are_the_top_k_by_each_selector(smoke):
 
 def test_rerun_skips_finished_stages(smoke):
   before = _read(smoke, "results.json")
-  run = _launch(*CONFIG, workdir=smoke)
+  run = launch(*CONFIG, workdir=smoke)
   assert run.returncode == 0, run.stderr[-3000:]
   assert "stage results.json: done before" in run.stderr
   assert _read(smoke, "results.json") == before
@@ -140,7 +134,7 @@ def test_rerun_skips_finished_stages(smoke):
     ("--config.targets.judge=oracle", "targets.judge='oracle' is not one of"),
 ])
 def test_bad_settings_fail_naming_the_field(override, message, tmp_path):
-  run = _launch(*CONFIG, override, workdir=tmp_path)
+  run = launch(*CONFIG, override, workdir=tmp_path)
   assert run.returncode != 0
   assert message in run.stderr, run.stderr[-2000:]
   assert not os.path.exists(tmp_path / "policy")  # Failed before training anything.
